@@ -1,0 +1,96 @@
+"""Shared fixtures: a real PostgreSQL, and instances on private tables."""
+
+from __future__ import annotations
+
+import copy
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Optional
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import pg  # noqa: E402
+
+from tornado_supertokens.supertokens import SuperTokens  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pg_params() -> Any:
+    """Connection parameters of a PostgreSQL that answers (started if needed)."""
+    params = pg.configured_params()
+    if pg.answers(params):
+        yield params
+        return
+    server, params = pg.start_embedded()
+    yield params
+    server.cleanup()
+
+
+def deep_merge(base: dict, overrides: Optional[dict]) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.fixture
+def table_suffix() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def base_config(pg_params: dict, table_suffix: str) -> dict:
+    """A minimal valid config on tables private to this test."""
+    return {
+        "postgres": {
+            **pg_params,
+            "tables": {
+                "signingKey": f"sk_{table_suffix}",
+                "refreshTokens": f"rt_{table_suffix}",
+            },
+        },
+        "tokens": {"refreshToken": {"renewTokenPath": "/api/refresh"}},
+        "cookie": {"domain": "localhost", "secure": False},
+    }
+
+
+MakeInstance = Callable[..., Awaitable[SuperTokens]]
+
+
+@pytest.fixture
+def make_st(io_loop: Any, base_config: dict, pg_params: dict) -> Any:
+    """``await make_st(overrides=None, clock=None, pool=None)`` -> a started instance.
+
+    Every instance is closed and every table it used is dropped afterwards.
+    """
+    made: list[SuperTokens] = []
+    tables: set[str] = set()
+
+    async def make(overrides: Optional[dict] = None, **kwargs: Any) -> SuperTokens:
+        config = deep_merge(base_config, overrides)
+        tables.update(config["postgres"]["tables"].values())
+        instance = await SuperTokens.create(config, **kwargs)
+        made.append(instance)
+        return instance
+
+    yield make
+
+    async def close_all() -> None:
+        for instance in made:
+            await instance.close()
+
+    io_loop.run_sync(close_all)
+    conn = pg.connect(pg_params)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for name in tables:
+                cur.execute(f'DROP TABLE IF EXISTS "{name}"')
+    finally:
+        conn.close()

@@ -1,0 +1,85 @@
+"""Test helpers: a pool wrapper that counts statements, and raw database access."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiopg
+
+
+class CountingPool:
+    """Wraps an aiopg pool; counts every statement executed through it."""
+
+    def __init__(self, pool: aiopg.Pool) -> None:
+        self._pool = pool
+        self.statements: list[str] = []
+
+    @property
+    def count(self) -> int:
+        return len(self.statements)
+
+    def reset(self) -> None:
+        self.statements.clear()
+
+    def acquire(self) -> "_Acquire":
+        return _Acquire(self)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+
+class _Acquire:
+    def __init__(self, owner: CountingPool) -> None:
+        self._owner = owner
+        self._cm: Any = None
+
+    async def __aenter__(self) -> "_Conn":
+        self._cm = self._owner._pool.acquire()
+        conn = await self._cm.__aenter__()
+        return _Conn(conn, self._owner)
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self._cm.__aexit__(*exc)
+
+
+class _Conn:
+    def __init__(self, conn: Any, owner: CountingPool) -> None:
+        self._conn = conn
+        self._owner = owner
+
+    def cursor(self) -> "_CursorCM":
+        return _CursorCM(self._conn.cursor(), self._owner)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+class _CursorCM:
+    def __init__(self, cm: Any, owner: CountingPool) -> None:
+        self._cm = cm
+        self._owner = owner
+
+    async def __aenter__(self) -> "_Cursor":
+        return _Cursor(await self._cm.__aenter__(), self._owner)
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self._cm.__aexit__(*exc)
+
+
+class _Cursor:
+    def __init__(self, cur: Any, owner: CountingPool) -> None:
+        self._cur = cur
+        self._owner = owner
+
+    async def execute(self, operation: Any, parameters: Any = None) -> Any:
+        self._owner.statements.append(str(operation))
+        return await self._cur.execute(operation, parameters)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cur, name)
+
+
+async def make_pool(pg_params: dict, maxsize: int = 10) -> aiopg.Pool:
+    kw = dict(pg_params)
+    kw["dbname"] = kw.pop("database")
+    return await aiopg.create_pool(minsize=1, maxsize=maxsize, **kw)

@@ -1,0 +1,165 @@
+"""Keys: the access-token signing keys (with rotation) and the refresh-token key.
+
+Signing keys live in the signing-key table under ``access_token_signing_key:<id>``.
+With ``dynamic``, the id is the start (ms since epoch) of the current
+``updateInterval`` bucket: every process on the database computes the same
+name for the same interval and inserts it only if absent, so all of them
+agree on one key per interval without any race. Older keys stay in memory
+for as long as a token they signed can still be unexpired, and the JWT
+header's ``kid`` picks the key, so a rotation sends nobody to refresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Optional
+
+from .clock import Clock
+from .config import Config
+from .exceptions import GeneralError, StorageUnavailableError
+from .log import Logger
+from .storage import Storage
+from .tokens import InvalidTokenError, new_key
+
+ACCESS_KEY_PREFIX = "access_token_signing_key:"
+REFRESH_KEY_NAME = "refresh_token_key"
+STATIC_KID = "static"
+#: After a failed rotation, keep signing with the previous key and retry after this.
+ROTATION_RETRY_MS = 5_000
+#: At most one database look-up per this period for a kid from the near future.
+UNKNOWN_KID_LOOKUP_MS = 1_000
+
+
+class KeyManager:
+    """Holds the keys of one instance; reads the database only on rotation."""
+
+    def __init__(self, storage: Storage, config: Config, clock: Clock, logger: Logger) -> None:
+        self._storage = storage
+        self._clock = clock
+        self._log = logger
+        signing = config.tokens.access_token.signing_key
+        self._getter = signing.get
+        self._dynamic = signing.dynamic
+        self._interval_ms = config.key_update_interval_ms
+        self._retention_ms = config.access_token_validity_ms + self._interval_ms
+        self._keys: dict[str, str] = {}  # kid -> key, every key a live token may use
+        self._current_kid: Optional[str] = None
+        self._current_key: Optional[str] = None
+        self._refresh_key: Optional[str] = None
+        self._rotation: Optional[asyncio.Future[None]] = None
+        self._retry_after_ms = 0
+        self._last_unknown_lookup_ms = -UNKNOWN_KID_LOOKUP_MS
+
+    async def start(self) -> None:
+        """Load (or create) the refresh key and the current signing key."""
+        self._refresh_key = await self._storage.insert_key_if_absent(
+            REFRESH_KEY_NAME, new_key(), self._clock.now_ms()
+        )
+        if self._getter is None:
+            await self._rotate(self._kid_for(self._clock.now_ms()))
+
+    @property
+    def refresh_key(self) -> str:
+        if self._refresh_key is None:
+            raise GeneralError("keys are not loaded: call init() first")
+        return self._refresh_key
+
+    @property
+    def known_kids(self) -> frozenset[str]:
+        return frozenset(self._keys)
+
+    async def signing_key(self) -> tuple[Optional[str], str | bytes]:
+        """``(kid, key)`` to sign a new access token with."""
+        if self._getter is not None:
+            return None, await self._user_key()
+        now = self._clock.now_ms()
+        kid = self._kid_for(now)
+        if kid != self._current_kid and now >= self._retry_after_ms:
+            try:
+                await self._rotate(kid)
+            except StorageUnavailableError as exc:
+                if self._current_key is None:
+                    raise
+                self._retry_after_ms = now + ROTATION_RETRY_MS
+                self._log.error("signing key rotation postponed, database unavailable", exc)
+        if self._current_kid is None or self._current_key is None:
+            raise GeneralError("no signing key loaded")
+        return self._current_kid, self._current_key
+
+    async def verification_key(self, kid: Optional[str]) -> str | bytes:
+        """The key a token with header ``kid`` must verify under."""
+        if self._getter is not None:
+            return await self._user_key()
+        if kid is None:
+            raise InvalidTokenError("access token has no kid")
+        key = self._keys.get(kid)
+        if key is not None:
+            return key
+        if self._may_be_next_bucket(kid):
+            # Another process's clock crossed the interval before ours did.
+            self._last_unknown_lookup_ms = self._clock.now_ms()
+            await self._load_keys()
+            key = self._keys.get(kid)
+            if key is not None:
+                return key
+        raise InvalidTokenError("unknown signing key")
+
+    # -- internals -------------------------------------------------------------
+
+    def _kid_for(self, now_ms: int) -> str:
+        if not self._dynamic:
+            return STATIC_KID
+        return str(now_ms - now_ms % self._interval_ms)
+
+    def _may_be_next_bucket(self, kid: str) -> bool:
+        if not self._dynamic or not kid.isdigit() or self._current_kid is None:
+            return False
+        now = self._clock.now_ms()
+        if now - self._last_unknown_lookup_ms < UNKNOWN_KID_LOOKUP_MS:
+            return False
+        return int(kid) == int(self._current_kid) + self._interval_ms
+
+    async def _rotate(self, kid: str) -> None:
+        # Single flight: concurrent signers wait for one rotation.
+        if self._rotation is not None:
+            await asyncio.shield(self._rotation)
+            return
+        loop = asyncio.get_running_loop()
+        self._rotation = loop.create_future()
+        try:
+            key = await self._storage.insert_key_if_absent(
+                ACCESS_KEY_PREFIX + kid, new_key(), self._clock.now_ms()
+            )
+            self._keys[kid] = key
+            self._current_kid, self._current_key = kid, key
+            await self._load_keys()
+            self._rotation.set_result(None)
+        except BaseException as exc:
+            self._rotation.set_exception(exc)
+            self._rotation.exception()  # mark retrieved: waiters re-raise it
+            raise
+        finally:
+            self._rotation = None
+        self._log.info(f"access token signing key in use: kid {kid}")
+
+    async def _load_keys(self) -> None:
+        """Learn every key a live token may have been signed with; forget older ones."""
+        now = self._clock.now_ms()
+        rows = await self._storage.keys_since(ACCESS_KEY_PREFIX, now - self._retention_ms)
+        fresh = {name[len(ACCESS_KEY_PREFIX):]: value for name, value, _ in rows}
+        if self._current_kid is not None and self._current_key is not None:
+            fresh.setdefault(self._current_kid, self._current_key)
+        self._keys = fresh
+
+    async def _user_key(self) -> str | bytes:
+        assert self._getter is not None
+        try:
+            value = self._getter()
+            if inspect.isawaitable(value):
+                value = await value
+        except Exception as exc:
+            raise GeneralError("the configured signing key getter failed") from exc
+        if not isinstance(value, (str, bytes)) or not value:
+            raise GeneralError("the configured signing key getter returned no key")
+        return value

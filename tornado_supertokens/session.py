@@ -1,0 +1,338 @@
+"""The session engine: create, verify, refresh and revoke, on token strings.
+
+No web framework here: inputs are token strings, outputs are a
+:class:`Session` and the :class:`SessionTokens` the caller must hand to the
+client. The database is touched once to create, never to verify (unless
+blacklisting is on or a child token is being promoted), and once to refresh.
+
+Refresh-token lineage: the database stores ``sha256(sha256(token))`` of the
+current token. A refresh with the current token issues a child that names its
+parent; the first use of the child (a refresh, or a request with the access
+token issued beside it) promotes it to current. Presenting any other token of
+a live session is token theft: the session is revoked.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from dataclasses import dataclass, replace
+from typing import Any, Optional
+
+from .clock import Clock
+from .config import Config
+from .exceptions import (
+    GeneralError,
+    TokenTheftDetectedError,
+    TryRefreshTokenError,
+    UnauthorisedError,
+)
+from .keys import KeyManager
+from .log import Logger
+from .storage import Storage
+from .tokens import (
+    AccessTokenPayload,
+    InvalidTokenError,
+    RefreshTokenPayload,
+    access_token_kid,
+    decode_access_token,
+    decrypt_refresh_token,
+    encode_access_token,
+    encrypt_refresh_token,
+    new_anti_csrf_token,
+    new_id_refresh_token,
+    new_session_handle,
+    sha256_hex,
+)
+
+MAX_USER_ID_LENGTH = 256
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """A token and when it expires (ms since epoch)."""
+
+    value: str
+    expires_at: int
+
+
+@dataclass(frozen=True)
+class SessionTokens:
+    """What the caller must send to the client; ``None`` means "unchanged"."""
+
+    access_token: Optional[TokenInfo] = None
+    refresh_token: Optional[TokenInfo] = None
+    id_refresh_token: Optional[TokenInfo] = None
+    anti_csrf_token: Optional[str] = None
+
+
+class Session:
+    """One verified session: who it is, and operations on it."""
+
+    def __init__(self, engine: "SessionEngine", handle: str, user_id: Any, jwt_payload: Any) -> None:
+        self._engine = engine
+        #: The session's handle (a UUID4 string).
+        self.handle = handle
+        #: The user id given at creation (a str or an int).
+        self.user_id = user_id
+        #: The JWT payload given at creation.
+        self.jwt_payload = jwt_payload
+
+    async def revoke_session(self) -> bool:
+        """Delete this session; True if it still existed."""
+        return await self._engine.revoke_session(self.handle)
+
+    async def get_session_info(self) -> Any:
+        return await self._engine.get_session_info(self.handle)
+
+    async def update_session_info(self, info: Any) -> None:
+        await self._engine.update_session_info(self.handle, info)
+
+    def __repr__(self) -> str:
+        return f"<Session handle={self.handle} user_id={self.user_id!r}>"
+
+
+@dataclass(frozen=True)
+class SessionResult:
+    session: Session
+    tokens: SessionTokens
+
+
+def _dumps(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise GeneralError(f"{what} must be JSON serialisable: {exc}") from None
+
+
+def _loads(value: Optional[str]) -> Any:
+    return None if value is None else json.loads(value)
+
+
+def _user_key(user_id: Any) -> str:
+    """The stored form of a user id: its JSON text, so 1 and "1" stay apart."""
+    if isinstance(user_id, bool) or not isinstance(user_id, (str, int)):
+        raise GeneralError("user_id must be a str or an int")
+    stored = json.dumps(user_id)
+    if len(stored) > MAX_USER_ID_LENGTH:
+        raise GeneralError(f"user_id is too long (max {MAX_USER_ID_LENGTH} characters stored)")
+    return stored
+
+
+class SessionEngine:
+    """Core operations of one :class:`~tornado_supertokens.SuperTokens` instance."""
+
+    def __init__(
+        self, config: Config, storage: Storage, keys: KeyManager, clock: Clock, logger: Logger
+    ) -> None:
+        self._config = config
+        self._storage = storage
+        self._keys = keys
+        self._clock = clock
+        self._log = logger
+        self._anti_csrf = config.tokens.enable_anti_csrf
+        self._blacklisting = config.tokens.access_token.blacklisting
+        self._access_validity_ms = config.access_token_validity_ms
+        self._refresh_validity_ms = config.refresh_token_validity_ms
+
+    # -- create ---------------------------------------------------------------
+
+    async def create_new_session(
+        self, user_id: Any, jwt_payload: Any = None, session_info: Any = None
+    ) -> SessionResult:
+        """Start a session for ``user_id``: one INSERT."""
+        stored_user = _user_key(user_id)
+        payload_json = _dumps(jwt_payload, "jwt_payload")
+        info_json = _dumps(session_info, "session_info")
+        now = self._clock.now_ms()
+        handle = new_session_handle()
+        refresh = self._new_refresh_token(handle, user_id, parent_hash1=None, now=now)
+        anti_csrf = new_anti_csrf_token() if self._anti_csrf else None
+        access = await self._new_access_token(
+            AccessTokenPayload(
+                session_handle=handle,
+                user_id=user_id,
+                refresh_token_hash1=sha256_hex(refresh.value),
+                parent_refresh_token_hash1=None,
+                anti_csrf_token=anti_csrf,
+                user_data=jwt_payload,
+                expiry_ms=0,
+            ),
+            now,
+        )
+        await self._storage.insert_session(
+            handle,
+            stored_user,
+            sha256_hex(sha256_hex(refresh.value)),
+            info_json,
+            refresh.expires_at,
+            payload_json,
+        )
+        return SessionResult(
+            Session(self, handle, user_id, jwt_payload),
+            SessionTokens(
+                access_token=access,
+                refresh_token=refresh,
+                id_refresh_token=self._new_id_refresh_token(refresh.expires_at),
+                anti_csrf_token=anti_csrf,
+            ),
+        )
+
+    # -- verify -----------------------------------------------------------------
+
+    async def get_session(
+        self,
+        access_token: Optional[str],
+        anti_csrf_token: Optional[str],
+        do_anti_csrf_check: bool,
+    ) -> SessionResult:
+        """Verify an access token; no database hit on the common path.
+
+        Raises :class:`TryRefreshTokenError` for a bad, expired or CSRF-failing
+        token and :class:`UnauthorisedError` for a session that is over.
+        """
+        if not access_token:
+            raise TryRefreshTokenError("no access token")
+        now = self._clock.now_ms()
+        payload = await self._verify_access_token(access_token, now)
+        if self._anti_csrf and do_anti_csrf_check:
+            expected = payload.anti_csrf_token
+            if (
+                expected is None
+                or not isinstance(anti_csrf_token, str)
+                or not hmac.compare_digest(expected.encode(), anti_csrf_token.encode())
+            ):
+                raise TryRefreshTokenError("anti-csrf check failed")
+        session = Session(self, payload.session_handle, payload.user_id, payload.user_data)
+
+        if payload.parent_refresh_token_hash1 is None:
+            if self._blacklisting and not await self._storage.session_alive(
+                payload.session_handle, now
+            ):
+                raise UnauthorisedError("session has been revoked")
+            return SessionResult(session, SessionTokens())
+
+        # First use of a child refresh token's access token: make the child current.
+        promoted = await self._storage.promote(
+            payload.session_handle,
+            new_h2=sha256_hex(payload.refresh_token_hash1),
+            parent_h2=sha256_hex(payload.parent_refresh_token_hash1),
+            now_ms=now,
+        )
+        if not promoted:
+            raise UnauthorisedError("session is over or its refresh token was superseded")
+        access = await self._new_access_token(replace(payload, parent_refresh_token_hash1=None), now)
+        return SessionResult(session, SessionTokens(access_token=access))
+
+    # -- refresh --------------------------------------------------------------------
+
+    async def refresh_session(self, refresh_token: Optional[str]) -> SessionResult:
+        """Rotate a refresh token: one conditional UPDATE on the hot path.
+
+        Raises :class:`UnauthorisedError` for an unreadable token or a session
+        that is over, and :class:`TokenTheftDetectedError` (after revoking the
+        session) for a token of a live session that is neither current nor
+        the current one's child.
+        """
+        if not refresh_token:
+            raise UnauthorisedError("no refresh token")
+        try:
+            presented = decrypt_refresh_token(refresh_token, self._keys.refresh_key)
+        except InvalidTokenError:
+            raise UnauthorisedError("invalid refresh token") from None
+        now = self._clock.now_ms()
+        handle, user_id = presented.session_handle, presented.user_id
+        stored_user = _user_key(user_id)
+        hash1 = sha256_hex(refresh_token)
+        parent = presented.parent_refresh_token_hash1
+        child = self._new_refresh_token(handle, user_id, parent_hash1=hash1, now=now)
+
+        row = await self._storage.rotate(
+            handle,
+            stored_user,
+            new_h2=sha256_hex(hash1),
+            parent_h2=sha256_hex(parent) if parent is not None else None,
+            expires_at=child.expires_at,
+            now_ms=now,
+        )
+        if row is None:
+            if await self._storage.delete_live_session(handle, stored_user, now):
+                self._log.info(f"token theft detected: session {handle} revoked")
+                raise TokenTheftDetectedError(handle, user_id)
+            raise UnauthorisedError("session is over")
+
+        jwt_payload = _loads(row[0])
+        anti_csrf = new_anti_csrf_token() if self._anti_csrf else None
+        access = await self._new_access_token(
+            AccessTokenPayload(
+                session_handle=handle,
+                user_id=user_id,
+                refresh_token_hash1=sha256_hex(child.value),
+                parent_refresh_token_hash1=hash1,
+                anti_csrf_token=anti_csrf,
+                user_data=jwt_payload,
+                expiry_ms=0,
+            ),
+            now,
+        )
+        return SessionResult(
+            Session(self, handle, user_id, jwt_payload),
+            SessionTokens(
+                access_token=access,
+                refresh_token=child,
+                id_refresh_token=self._new_id_refresh_token(child.expires_at),
+                anti_csrf_token=anti_csrf,
+            ),
+        )
+
+    # -- administration ---------------------------------------------------------
+
+    async def revoke_session(self, session_handle: str) -> bool:
+        """Delete one session; True if it existed."""
+        return await self._storage.delete_session(session_handle)
+
+    async def revoke_all_sessions_for_user(self, user_id: Any) -> list[str]:
+        """Delete every session of ``user_id`` (one statement); their handles."""
+        return await self._storage.delete_user_sessions(_user_key(user_id))
+
+    async def get_all_session_handles_for_user(self, user_id: Any) -> list[str]:
+        return await self._storage.user_handles(_user_key(user_id), self._clock.now_ms())
+
+    async def get_session_info(self, session_handle: str) -> Any:
+        row = await self._storage.get_session_info(session_handle, self._clock.now_ms())
+        if row is None:
+            raise UnauthorisedError("session does not exist")
+        return _loads(row[0])
+
+    async def update_session_info(self, session_handle: str, info: Any) -> None:
+        info_json = _dumps(info, "session_info")
+        if not await self._storage.update_session_info(
+            session_handle, info_json, self._clock.now_ms()
+        ):
+            raise UnauthorisedError("session does not exist")
+
+    # -- helpers ------------------------------------------------------------------
+
+    async def _verify_access_token(self, token: str, now: int) -> AccessTokenPayload:
+        try:
+            key = await self._keys.verification_key(access_token_kid(token))
+            return decode_access_token(token, key, now)
+        except InvalidTokenError:
+            raise TryRefreshTokenError("access token invalid or expired") from None
+
+    async def _new_access_token(self, payload: AccessTokenPayload, now: int) -> TokenInfo:
+        expiry = (now + self._access_validity_ms) // 1000 * 1000
+        kid, key = await self._keys.signing_key()
+        token = encode_access_token(replace(payload, expiry_ms=expiry), key, kid)
+        return TokenInfo(token, expiry)
+
+    def _new_refresh_token(
+        self, handle: str, user_id: Any, parent_hash1: Optional[str], now: int
+    ) -> TokenInfo:
+        token = encrypt_refresh_token(
+            RefreshTokenPayload(handle, user_id, parent_hash1), self._keys.refresh_key
+        )
+        return TokenInfo(token, now + self._refresh_validity_ms)
+
+    def _new_id_refresh_token(self, expires_at: int) -> TokenInfo:
+        return TokenInfo(new_id_refresh_token(), expires_at)

@@ -1,0 +1,384 @@
+"""Every SQL statement of the library, and the aiopg pool they run on.
+
+Each public coroutine is one statement on one pooled connection, acquired and
+released around it: no connection is ever held across two acquisitions, so a
+pool of size 1 cannot deadlock. Table names come from the configuration, are
+validated there, and are composed here as quoted identifiers.
+
+Database failures never leak as driver errors: an unreachable, timed-out or
+read-only database raises :class:`StorageUnavailableError`, anything else
+:class:`GeneralError`. Neither is ever an "unauthorised" verdict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Optional, Sequence
+
+import aiopg
+import psycopg2
+import psycopg2.errors
+from psycopg2 import sql
+
+from .config import PostgresConfig
+from .exceptions import GeneralError, StorageUnavailableError
+
+#: Server-side limits set on every pooled connection (milliseconds).
+STATEMENT_TIMEOUT_MS = 5_000
+LOCK_TIMEOUT_MS = 2_000
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 10_000
+#: Client-side limits (seconds): connecting, and one statement's round trip.
+CONNECT_TIMEOUT_S = 5
+QUERY_TIMEOUT_S = 10.0
+
+#: Advisory lock keys (pg_advisory_*), arbitrary but fixed.
+SCHEMA_LOCK_KEY = 0x5EED_0001
+CLEANUP_LOCK_KEY = 0x5EED_0002
+
+_UNAVAILABLE = (
+    psycopg2.OperationalError,  # includes query_canceled, lock_not_available, admin_shutdown
+    psycopg2.InterfaceError,  # connection already closed
+    psycopg2.errors.ReadOnlySqlTransaction,
+    asyncio.TimeoutError,
+    ConnectionError,
+    OSError,
+)
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    session_handle: str
+    user_id: str
+    session_info: Optional[str]
+    expires_at: int
+    jwt_payload: Optional[str]
+
+
+def _dsn_kwargs(pg: PostgresConfig) -> dict[str, Any]:
+    options = (
+        f"-c statement_timeout={STATEMENT_TIMEOUT_MS} "
+        f"-c lock_timeout={LOCK_TIMEOUT_MS} "
+        f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}"
+    )
+    kwargs: dict[str, Any] = {
+        "host": pg.host,
+        "port": pg.port,
+        "user": pg.user,
+        "dbname": pg.database,
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "options": options,
+        "application_name": "tornado_supertokens",
+    }
+    if pg.password is not None:
+        kwargs["password"] = pg.password
+    return kwargs
+
+
+class _Statements:
+    """The statements, composed once with quoted table identifiers."""
+
+    def __init__(self, keys_table: str, sessions_table: str) -> None:
+        k = sql.Identifier(keys_table)
+        s = sql.Identifier(sessions_table)
+        idx_user = sql.Identifier(f"{sessions_table}_user_id_idx")
+        idx_exp = sql.Identifier(f"{sessions_table}_expires_at_idx")
+        q = sql.SQL
+        self.schema = q(
+            "BEGIN;"
+            " SELECT pg_advisory_xact_lock(%(lock)s);"
+            " CREATE TABLE IF NOT EXISTS {k} ("
+            "  name VARCHAR(128) PRIMARY KEY,"
+            "  value TEXT NOT NULL,"
+            "  created_at_time BIGINT NOT NULL);"
+            " CREATE TABLE IF NOT EXISTS {s} ("
+            "  session_handle VARCHAR(64) PRIMARY KEY,"
+            "  user_id VARCHAR(256) NOT NULL,"
+            "  refresh_token_hash_2 CHAR(64) NOT NULL,"
+            "  session_info TEXT,"
+            "  expires_at BIGINT NOT NULL,"
+            "  jwt_user_payload TEXT);"
+            " CREATE INDEX IF NOT EXISTS {idx_user} ON {s} (user_id);"
+            " CREATE INDEX IF NOT EXISTS {idx_exp} ON {s} (expires_at);"
+            " COMMIT;"
+        ).format(k=k, s=s, idx_user=idx_user, idx_exp=idx_exp)
+        self.insert_key_if_absent = q(
+            "WITH ins AS ("
+            " INSERT INTO {k} (name, value, created_at_time) VALUES (%(name)s, %(value)s, %(now)s)"
+            " ON CONFLICT (name) DO NOTHING RETURNING value)"
+            " SELECT value FROM ins UNION ALL SELECT value FROM {k} WHERE name = %(name)s"
+            " LIMIT 1"
+        ).format(k=k)
+        self.keys_since = q(
+            "SELECT name, value, created_at_time FROM {k}"
+            " WHERE name LIKE %(prefix)s AND created_at_time >= %(since)s"
+        ).format(k=k)
+        self.delete_keys_before = q(
+            "DELETE FROM {k} WHERE name LIKE %(prefix)s AND created_at_time < %(before)s"
+        ).format(k=k)
+        self.insert_session = q(
+            "INSERT INTO {s} (session_handle, user_id, refresh_token_hash_2, session_info,"
+            " expires_at, jwt_user_payload) VALUES (%s, %s, %s, %s, %s, %s)"
+        ).format(s=s)
+        # Refresh and promotion in one statement: the presented token must be
+        # the stored one or the child of the stored one; either way it becomes
+        # the stored one. A session past its expiry matches nothing.
+        self.rotate = q(
+            "UPDATE {s} SET refresh_token_hash_2 = %(new_h2)s, expires_at = %(expires_at)s"
+            " WHERE session_handle = %(handle)s AND user_id = %(user_id)s"
+            " AND refresh_token_hash_2 IN (%(new_h2)s, %(parent_h2)s)"
+            " AND expires_at > %(now)s"
+            " RETURNING jwt_user_payload"
+        ).format(s=s)
+        self.promote = q(
+            "UPDATE {s} SET refresh_token_hash_2 = %(new_h2)s"
+            " WHERE session_handle = %(handle)s"
+            " AND refresh_token_hash_2 IN (%(new_h2)s, %(parent_h2)s)"
+            " AND expires_at > %(now)s"
+            " RETURNING session_handle"
+        ).format(s=s)
+        self.session_alive = q(
+            "SELECT 1 FROM {s} WHERE session_handle = %(handle)s AND expires_at > %(now)s"
+        ).format(s=s)
+        self.delete_live_session = q(
+            "DELETE FROM {s} WHERE session_handle = %(handle)s AND user_id = %(user_id)s"
+            " AND expires_at > %(now)s RETURNING session_handle"
+        ).format(s=s)
+        self.delete_session = q(
+            "DELETE FROM {s} WHERE session_handle = %(handle)s RETURNING session_handle"
+        ).format(s=s)
+        self.delete_user_sessions = q(
+            "DELETE FROM {s} WHERE user_id = %(user_id)s RETURNING session_handle"
+        ).format(s=s)
+        self.user_handles = q(
+            "SELECT session_handle FROM {s} WHERE user_id = %(user_id)s AND expires_at > %(now)s"
+            " ORDER BY session_handle"
+        ).format(s=s)
+        self.get_session_info = q(
+            "SELECT session_info FROM {s} WHERE session_handle = %(handle)s AND expires_at > %(now)s"
+        ).format(s=s)
+        self.update_session_info = q(
+            "UPDATE {s} SET session_info = %(info)s"
+            " WHERE session_handle = %(handle)s AND expires_at > %(now)s RETURNING session_handle"
+        ).format(s=s)
+        self.get_session = q(
+            "SELECT session_handle, user_id, session_info, expires_at, jwt_user_payload"
+            " FROM {s} WHERE session_handle = %(handle)s"
+        ).format(s=s)
+        # One bounded batch of cleanup, only by the process holding the
+        # cleanup lock for this transaction; expiry judged by the database clock.
+        self.delete_expired_batch = q(
+            "WITH lock AS (SELECT pg_try_advisory_xact_lock(%(lock)s) AS got),"
+            " doomed AS (SELECT session_handle FROM {s}"
+            "  WHERE expires_at < (extract(epoch from clock_timestamp()) * 1000)::bigint"
+            "  AND (SELECT got FROM lock)"
+            "  LIMIT %(limit)s FOR UPDATE SKIP LOCKED),"
+            " gone AS (DELETE FROM {s} WHERE session_handle IN (SELECT session_handle FROM doomed)"
+            "  RETURNING 1)"
+            " SELECT (SELECT got FROM lock), (SELECT count(*) FROM gone)"
+        ).format(s=s)
+
+
+class Storage:
+    """The aiopg pool and the two tables, one statement per call."""
+
+    def __init__(self, pool: Any, keys_table: str, sessions_table: str, *, owns_pool: bool) -> None:
+        self._pool = pool
+        self._owns_pool = owns_pool
+        self._composed = _Statements(keys_table, sessions_table)
+        self._rendered: dict[str, str] = {}
+
+    @property
+    def pool(self) -> Any:
+        return self._pool
+
+    @classmethod
+    async def open(cls, pg: PostgresConfig, pool: Any = None) -> "Storage":
+        """Open a pool (unless one is given) and create the tables if missing.
+
+        Fails fast with :class:`StorageUnavailableError` when the server is
+        unreachable or rejects the credentials.
+        """
+        owns = pool is None
+        if pool is None:
+            try:
+                pool = await aiopg.create_pool(
+                    minsize=1,
+                    maxsize=pg.connection_limit,
+                    timeout=QUERY_TIMEOUT_S,
+                    **_dsn_kwargs(pg),
+                )
+            except _UNAVAILABLE as exc:
+                raise StorageUnavailableError(
+                    f"cannot connect to PostgreSQL at {pg.host}:{pg.port}, database "
+                    f"{pg.database!r}, user {pg.user!r}: {_first_line(exc)}"
+                ) from None
+        storage = cls(pool, pg.signing_key_table, pg.refresh_token_table, owns_pool=owns)
+        try:
+            await storage.create_schema()
+        except BaseException:
+            await storage.close()
+            raise
+        return storage
+
+    async def close(self) -> None:
+        if self._owns_pool:
+            self._pool.close()
+            await self._pool.wait_closed()
+
+    # -- plumbing ---------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _cursor(self) -> AsyncIterator[Any]:
+        try:
+            async with self._pool.acquire() as conn:
+                if not self._rendered:
+                    self._render(conn)
+                async with conn.cursor() as cur:
+                    yield cur
+        except _UNAVAILABLE as exc:
+            raise StorageUnavailableError(f"database unavailable: {_first_line(exc)}") from None
+        except psycopg2.Error as exc:
+            raise GeneralError(f"database error: {type(exc).__name__}") from exc
+
+    def _render(self, conn: Any) -> None:
+        raw = conn.raw if hasattr(conn, "raw") else conn
+        for name, value in vars(self._composed).items():
+            self._rendered[name] = value.as_string(raw)
+
+    async def _execute(self, name: str, params: Any = None) -> Sequence[tuple]:
+        async with self._cursor() as cur:
+            await cur.execute(self._rendered[name], params)
+            if cur.description is None:
+                return []
+            return list(await cur.fetchall())
+
+    # -- schema and keys ----------------------------------------------------
+
+    async def create_schema(self) -> None:
+        """Create both tables and their indexes if missing (safe to race)."""
+        await self._execute("schema", {"lock": SCHEMA_LOCK_KEY})
+
+    async def insert_key_if_absent(self, name: str, value: str, now_ms: int) -> str:
+        """Store ``value`` under ``name`` unless a key is there; return the stored key."""
+        for _ in range(3):
+            rows = await self._execute(
+                "insert_key_if_absent", {"name": name, "value": value, "now": now_ms}
+            )
+            if rows:
+                return str(rows[0][0])
+            # A concurrent insert committed after this statement's snapshot: read again.
+        raise GeneralError(f"could not read key {name!r} after inserting it")
+
+    async def keys_since(self, prefix: str, since_ms: int) -> list[tuple[str, str, int]]:
+        rows = await self._execute("keys_since", {"prefix": prefix + "%", "since": since_ms})
+        return [(str(n), str(v), int(c)) for n, v, c in rows]
+
+    async def delete_keys_before(self, prefix: str, before_ms: int) -> None:
+        await self._execute("delete_keys_before", {"prefix": prefix + "%", "before": before_ms})
+
+    # -- sessions -------------------------------------------------------------
+
+    async def insert_session(
+        self,
+        handle: str,
+        user_id: str,
+        refresh_hash2: str,
+        session_info: Optional[str],
+        expires_at: int,
+        jwt_payload: Optional[str],
+    ) -> None:
+        await self._execute(
+            "insert_session",
+            (handle, user_id, refresh_hash2, session_info, expires_at, jwt_payload),
+        )
+
+    async def rotate(
+        self,
+        handle: str,
+        user_id: str,
+        new_h2: str,
+        parent_h2: Optional[str],
+        expires_at: int,
+        now_ms: int,
+    ) -> Optional[tuple[Optional[str]]]:
+        """Make ``new_h2`` the stored hash if it or ``parent_h2`` is stored now.
+
+        Returns ``(jwt_payload,)`` on success, ``None`` when nothing matched.
+        """
+        rows = await self._execute(
+            "rotate",
+            {
+                "handle": handle,
+                "user_id": user_id,
+                "new_h2": new_h2,
+                "parent_h2": parent_h2 if parent_h2 is not None else new_h2,
+                "expires_at": expires_at,
+                "now": now_ms,
+            },
+        )
+        return (rows[0][0],) if rows else None
+
+    async def promote(self, handle: str, new_h2: str, parent_h2: str, now_ms: int) -> bool:
+        rows = await self._execute(
+            "promote",
+            {"handle": handle, "new_h2": new_h2, "parent_h2": parent_h2, "now": now_ms},
+        )
+        return bool(rows)
+
+    async def session_alive(self, handle: str, now_ms: int) -> bool:
+        return bool(await self._execute("session_alive", {"handle": handle, "now": now_ms}))
+
+    async def delete_live_session(self, handle: str, user_id: str, now_ms: int) -> bool:
+        rows = await self._execute(
+            "delete_live_session", {"handle": handle, "user_id": user_id, "now": now_ms}
+        )
+        return bool(rows)
+
+    async def delete_session(self, handle: str) -> bool:
+        return bool(await self._execute("delete_session", {"handle": handle}))
+
+    async def delete_user_sessions(self, user_id: str) -> list[str]:
+        rows = await self._execute("delete_user_sessions", {"user_id": user_id})
+        return [str(r[0]) for r in rows]
+
+    async def user_handles(self, user_id: str, now_ms: int) -> list[str]:
+        rows = await self._execute("user_handles", {"user_id": user_id, "now": now_ms})
+        return [str(r[0]) for r in rows]
+
+    async def get_session_info(self, handle: str, now_ms: int) -> Optional[tuple[Optional[str]]]:
+        """``(session_info,)`` of a live session, or ``None`` when there is none."""
+        rows = await self._execute("get_session_info", {"handle": handle, "now": now_ms})
+        return (rows[0][0],) if rows else None
+
+    async def update_session_info(self, handle: str, info: Optional[str], now_ms: int) -> bool:
+        rows = await self._execute(
+            "update_session_info", {"handle": handle, "info": info, "now": now_ms}
+        )
+        return bool(rows)
+
+    async def get_session(self, handle: str) -> Optional[SessionRow]:
+        """The raw row, live or not (for tests and administration)."""
+        rows = await self._execute("get_session", {"handle": handle})
+        if not rows:
+            return None
+        h, u, info, exp, payload = rows[0]
+        return SessionRow(str(h), str(u), info, int(exp), payload)
+
+    async def delete_expired_batch(self, limit: int) -> tuple[bool, int]:
+        """Delete up to ``limit`` expired sessions.
+
+        Returns ``(got_lock, deleted)``; ``got_lock`` is false when another
+        process is cleaning at this moment.
+        """
+        rows = await self._execute(
+            "delete_expired_batch", {"lock": CLEANUP_LOCK_KEY, "limit": limit}
+        )
+        got, count = rows[0]
+        return bool(got), int(count)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

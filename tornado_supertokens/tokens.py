@@ -1,0 +1,217 @@
+"""Token formats: the access token (a JWT) and the refresh token (AEAD).
+
+Pure functions of their inputs and keys: no I/O, no clock reads. Any problem
+with a presented token raises :class:`InvalidTokenError`; the session layer
+turns that into try-refresh or unauthorised.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import jwt
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+ALGORITHM = "HS256"
+#: Longest access token accepted for verification (browsers cap a cookie at 4 KiB).
+MAX_ACCESS_TOKEN_LENGTH = 8192
+#: Longest refresh token accepted for decryption.
+MAX_REFRESH_TOKEN_LENGTH = 1024
+_REFRESH_AAD = b"tornado_supertokens refresh token v1"
+_REFRESH_NONCE_BYTES = 12
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
+
+
+class InvalidTokenError(Exception):
+    """A presented token is malformed, forged, tampered with or expired."""
+
+
+def sha256_hex(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def new_session_handle() -> str:
+    return str(uuid.uuid4())
+
+
+def new_anti_csrf_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def new_id_refresh_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def new_key() -> str:
+    """A fresh 256-bit key, URL-safe base64 without padding."""
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode("ascii")
+
+
+def key_bytes(key: str | bytes) -> bytes:
+    return key if isinstance(key, bytes) else key.encode("utf-8")
+
+
+# -- access token ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AccessTokenPayload:
+    session_handle: str
+    user_id: Any
+    refresh_token_hash1: str
+    parent_refresh_token_hash1: Optional[str]
+    anti_csrf_token: Optional[str]
+    user_data: Any
+    expiry_ms: int
+
+
+def encode_access_token(payload: AccessTokenPayload, key: str | bytes, kid: Optional[str]) -> str:
+    """Sign ``payload`` as a standard HS256 JWT (``exp`` in whole seconds)."""
+    claims: dict[str, Any] = {
+        "sessionHandle": payload.session_handle,
+        "userId": payload.user_id,
+        "refreshTokenHash1": payload.refresh_token_hash1,
+        "userData": payload.user_data,
+        "exp": payload.expiry_ms // 1000,
+    }
+    if payload.parent_refresh_token_hash1 is not None:
+        claims["parentRefreshTokenHash1"] = payload.parent_refresh_token_hash1
+    if payload.anti_csrf_token is not None:
+        claims["antiCsrfToken"] = payload.anti_csrf_token
+    headers = {"kid": kid} if kid is not None else None
+    return jwt.encode(claims, key_bytes(key), algorithm=ALGORITHM, headers=headers)
+
+
+def access_token_kid(token: str) -> Optional[str]:
+    """The ``kid`` header of a token, unverified (to pick the key to verify with)."""
+    if not isinstance(token, str) or len(token) > MAX_ACCESS_TOKEN_LENGTH:
+        raise InvalidTokenError("access token too long or not a string")
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        raise InvalidTokenError("malformed access token") from None
+    kid = header.get("kid")
+    if kid is not None and not isinstance(kid, str):
+        raise InvalidTokenError("malformed kid")
+    return kid
+
+
+def decode_access_token(token: str, key: str | bytes, now_ms: int) -> AccessTokenPayload:
+    """Verify signature (HS256 only), structure and expiry against ``now_ms``."""
+    if not isinstance(token, str) or len(token) > MAX_ACCESS_TOKEN_LENGTH:
+        raise InvalidTokenError("access token too long or not a string")
+    try:
+        claims = jwt.decode(
+            token,
+            key_bytes(key),
+            algorithms=[ALGORITHM],
+            options={"require": ["exp"], "verify_exp": False, "verify_aud": False,
+                     "verify_iss": False, "verify_nbf": False, "verify_iat": False},
+        )
+    except jwt.PyJWTError:
+        raise InvalidTokenError("access token failed verification") from None
+    exp = claims.get("exp")
+    if not isinstance(exp, int) or isinstance(exp, bool):
+        raise InvalidTokenError("exp must be an integer")
+    if exp * 1000 <= now_ms:
+        raise InvalidTokenError("access token expired")
+    handle = claims.get("sessionHandle")
+    rt_hash = claims.get("refreshTokenHash1")
+    parent = claims.get("parentRefreshTokenHash1")
+    anti_csrf = claims.get("antiCsrfToken")
+    user_id = claims.get("userId")
+    if (
+        not isinstance(handle, str)
+        or not isinstance(rt_hash, str)
+        or not (parent is None or isinstance(parent, str))
+        or not (anti_csrf is None or isinstance(anti_csrf, str))
+        or not _valid_user_id(user_id)
+        or "userData" not in claims
+    ):
+        raise InvalidTokenError("access token has an unexpected structure")
+    return AccessTokenPayload(
+        session_handle=handle,
+        user_id=user_id,
+        refresh_token_hash1=rt_hash,
+        parent_refresh_token_hash1=parent,
+        anti_csrf_token=anti_csrf,
+        user_data=claims["userData"],
+        expiry_ms=exp * 1000,
+    )
+
+
+def _valid_user_id(value: Any) -> bool:
+    return isinstance(value, (str, int)) and not isinstance(value, bool)
+
+
+# -- refresh token ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RefreshTokenPayload:
+    session_handle: str
+    user_id: Any
+    parent_refresh_token_hash1: Optional[str]
+
+
+def encrypt_refresh_token(payload: RefreshTokenPayload, key: str | bytes) -> str:
+    """AES-256-GCM over {handle, user id, parent hash, nonce}; URL-safe base64."""
+    body = json.dumps(
+        {
+            "h": payload.session_handle,
+            "u": payload.user_id,
+            "p": payload.parent_refresh_token_hash1,
+            "n": secrets.token_urlsafe(16),
+        },
+        separators=(",", ":"),
+    ).encode("utf-8")
+    nonce = os.urandom(_REFRESH_NONCE_BYTES)
+    sealed = AESGCM(_aes_key(key)).encrypt(nonce, body, _REFRESH_AAD)
+    return base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=").decode("ascii")
+
+
+def decrypt_refresh_token(token: str, key: str | bytes) -> RefreshTokenPayload:
+    """Authenticate and open a refresh token; any defect -> :class:`InvalidTokenError`."""
+    if not isinstance(token, str) or not token or len(token) > MAX_REFRESH_TOKEN_LENGTH:
+        raise InvalidTokenError("refresh token missing, too long or not a string")
+    if not _B64URL.fullmatch(token):
+        raise InvalidTokenError("refresh token is not URL-safe base64")
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except ValueError:
+        raise InvalidTokenError("refresh token is not base64") from None
+    # Only the canonical spelling is accepted: its hash is what the database
+    # stores, so a variant decoding to the same bytes must not pass as reuse.
+    if not hmac.compare_digest(base64.urlsafe_b64encode(raw).rstrip(b"="), token.encode("ascii")):
+        raise InvalidTokenError("refresh token is not canonical base64")
+    if len(raw) < _REFRESH_NONCE_BYTES + 16:
+        raise InvalidTokenError("refresh token too short")
+    nonce, sealed = raw[:_REFRESH_NONCE_BYTES], raw[_REFRESH_NONCE_BYTES:]
+    try:
+        body = AESGCM(_aes_key(key)).decrypt(nonce, sealed, _REFRESH_AAD)
+        data = json.loads(body)
+    except (InvalidTag, ValueError):
+        raise InvalidTokenError("refresh token failed authentication") from None
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("h"), str)
+        or not _valid_user_id(data.get("u"))
+        or not (data.get("p") is None or isinstance(data.get("p"), str))
+    ):
+        raise InvalidTokenError("refresh token has an unexpected structure")
+    return RefreshTokenPayload(data["h"], data["u"], data["p"])
+
+
+def _aes_key(key: str | bytes) -> bytes:
+    # Keys are stored as text; derive exactly 32 bytes whatever their encoding.
+    return hashlib.sha256(key_bytes(key)).digest()

@@ -22,9 +22,25 @@ from .exceptions import (
     UnauthorisedError,
 )
 from .supertokens import SuperTokens, close, get_instance, init
+from .web import (
+    RefreshHandler,
+    SessionRequestHandler,
+    WebSession,
+    create_new_session,
+    get_session,
+    refresh_session,
+    set_relevant_headers_for_options_api,
+)
 
 __all__ = [
     "ConfigError",
+    "RefreshHandler",
+    "SessionRequestHandler",
+    "WebSession",
+    "create_new_session",
+    "get_session",
+    "refresh_session",
+    "set_relevant_headers_for_options_api",
     "GeneralError",
     "StorageUnavailableError",
     "SuperTokens",

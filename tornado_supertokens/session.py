@@ -311,6 +311,20 @@ class SessionEngine:
         ):
             raise UnauthorisedError("session does not exist")
 
+    async def session_handle_of(self, access_token: Optional[str]) -> Optional[str]:
+        """The handle named by a genuine access token, expired or not; else None.
+
+        For revoking the session a request already carries (no session fixation).
+        """
+        if not access_token:
+            return None
+        try:
+            key = await self._keys.verification_key(access_token_kid(access_token))
+            payload = decode_access_token(access_token, key, self._clock.now_ms(), allow_expired=True)
+        except InvalidTokenError:
+            return None
+        return payload.session_handle
+
     # -- helpers ------------------------------------------------------------------
 
     async def _verify_access_token(self, token: str, now: int) -> AccessTokenPayload:

@@ -106,8 +106,13 @@ def access_token_kid(token: str) -> Optional[str]:
     return kid
 
 
-def decode_access_token(token: str, key: str | bytes, now_ms: int) -> AccessTokenPayload:
-    """Verify signature (HS256 only), structure and expiry against ``now_ms``."""
+def decode_access_token(
+    token: str, key: str | bytes, now_ms: int, *, allow_expired: bool = False
+) -> AccessTokenPayload:
+    """Verify signature (HS256 only), structure and expiry against ``now_ms``.
+
+    ``allow_expired`` skips only the expiry comparison (``exp`` is still required).
+    """
     if not isinstance(token, str) or len(token) > MAX_ACCESS_TOKEN_LENGTH:
         raise InvalidTokenError("access token too long or not a string")
     try:
@@ -123,7 +128,7 @@ def decode_access_token(token: str, key: str | bytes, now_ms: int) -> AccessToke
     exp = claims.get("exp")
     if not isinstance(exp, int) or isinstance(exp, bool):
         raise InvalidTokenError("exp must be an integer")
-    if exp * 1000 <= now_ms:
+    if exp * 1000 <= now_ms and not allow_expired:
         raise InvalidTokenError("access token expired")
     handle = claims.get("sessionHandle")
     rt_hash = claims.get("refreshTokenHash1")

@@ -1,0 +1,165 @@
+"""The wire contract: cookie and header names, and reading/writing them on a handler.
+
+Byte-compatible with ``supertokens-node-postgres-ref-jwt`` v4, so that the
+``supertokens-website`` 4.x SDK works unchanged (values URL-encoded the way
+the original did, ``id-refresh-token: <id>;<expiry ms>``, ``remove`` when the
+session is cleared).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+from urllib.parse import quote, unquote
+
+from .config import Config
+from .exceptions import GeneralError
+from .session import SessionTokens, TokenInfo
+
+if TYPE_CHECKING:
+    from tornado.web import RequestHandler
+
+ACCESS_TOKEN_COOKIE = "sAccessToken"
+REFRESH_TOKEN_COOKIE = "sRefreshToken"
+ID_REFRESH_TOKEN_COOKIE = "sIdRefreshToken"
+ID_REFRESH_TOKEN_HEADER = "id-refresh-token"
+ANTI_CSRF_HEADER = "anti-csrf"
+SDK_NAME_HEADER = "supertokens-sdk-name"
+SDK_VERSION_HEADER = "supertokens-sdk-version"
+EXPOSE_HEADERS = "Access-Control-Expose-Headers"
+
+#: Longest cookie value read; anything longer is treated as absent-and-invalid.
+MAX_COOKIE_VALUE_LENGTH = 8192
+#: At most this many values of one cookie name are considered.
+MAX_DUPLICATES = 4
+#: Browsers drop cookies larger than this (name + value + attributes, roughly).
+BROWSER_COOKIE_LIMIT = 4096
+
+
+class CookieError(ValueError):
+    """A session cookie is malformed or oversized."""
+
+
+def read_cookie_values(handler: "RequestHandler", name: str) -> list[str]:
+    """Every value of cookie ``name`` in the request, URL-decoded, in order.
+
+    Reads the raw ``Cookie`` headers (Tornado's parser keeps only the last of
+    duplicates). Raises :class:`CookieError` for oversized values.
+    """
+    values: list[str] = []
+    for header in handler.request.headers.get_list("Cookie"):
+        for chunk in header.split(";"):
+            key, sep, value = chunk.strip().partition("=")
+            if not sep or key.strip() != name:
+                continue
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            if len(value) > MAX_COOKIE_VALUE_LENGTH:
+                raise CookieError(f"cookie {name} is too large")
+            decoded = unquote(value)
+            if decoded and decoded not in values:
+                values.append(decoded)
+            if len(values) > MAX_DUPLICATES:
+                raise CookieError(f"too many {name} cookies")
+    return values
+
+
+def read_cookie(handler: "RequestHandler", name: str) -> Optional[str]:
+    """The single value of cookie ``name``; ``None`` if absent.
+
+    Raises :class:`CookieError` if the request carries several different values.
+    """
+    values = read_cookie_values(handler, name)
+    if len(values) > 1:
+        raise CookieError(f"several different {name} cookies")
+    return values[0] if values else None
+
+
+def read_anti_csrf_header(handler: "RequestHandler") -> Optional[str]:
+    return handler.request.headers.get(ANTI_CSRF_HEADER)
+
+
+def _encode(value: str) -> str:
+    return quote(value, safe="")
+
+
+def _set(
+    handler: "RequestHandler",
+    config: Config,
+    name: str,
+    value: str,
+    expires_ms: int,
+    path: str,
+    httponly: bool,
+) -> None:
+    encoded = _encode(value)
+    if len(name) + len(encoded) > BROWSER_COOKIE_LIMIT - 200:
+        raise GeneralError(f"{name} would exceed the browser cookie size limit (payload too large?)")
+    handler.set_cookie(
+        name,
+        encoded,
+        domain=config.cookie.domain,
+        expires=expires_ms / 1000,
+        path=path,
+        httponly=httponly,
+        secure=config.cookie.secure,
+        samesite=config.cookie.same_site.capitalize(),
+    )
+
+
+def _add_exposed(handler: "RequestHandler", *names: str) -> None:
+    current = handler._headers.get(EXPOSE_HEADERS, "")  # noqa: SLF001 (Tornado has no getter)
+    present = [h.strip() for h in current.split(",") if h.strip()]
+    lowered = {h.lower() for h in present}
+    present += [n for n in names if n.lower() not in lowered]
+    handler.set_header(EXPOSE_HEADERS, ", ".join(present))
+
+
+def set_access_token(handler: "RequestHandler", config: Config, token: TokenInfo) -> None:
+    _set(handler, config, ACCESS_TOKEN_COOKIE, token.value, token.expires_at,
+         config.tokens.access_token.path, httponly=True)
+
+
+def set_tokens(handler: "RequestHandler", config: Config, tokens: SessionTokens) -> None:
+    """Write whatever ``tokens`` carries as cookies and headers."""
+    if tokens.access_token is not None:
+        set_access_token(handler, config, tokens.access_token)
+    if tokens.refresh_token is not None:
+        _set(handler, config, REFRESH_TOKEN_COOKIE, tokens.refresh_token.value,
+             tokens.refresh_token.expires_at, config.tokens.refresh_token.renew_token_path,
+             httponly=True)
+    if tokens.id_refresh_token is not None:
+        idr = tokens.id_refresh_token
+        _set(handler, config, ID_REFRESH_TOKEN_COOKIE, idr.value, idr.expires_at,
+             config.tokens.access_token.path, httponly=False)
+        handler.set_header(ID_REFRESH_TOKEN_HEADER, f"{idr.value};{idr.expires_at}")
+        _add_exposed(handler, ID_REFRESH_TOKEN_HEADER)
+    if tokens.anti_csrf_token is not None:
+        handler.set_header(ANTI_CSRF_HEADER, tokens.anti_csrf_token)
+        _add_exposed(handler, ANTI_CSRF_HEADER)
+
+
+def clear_session(handler: "RequestHandler", config: Config) -> None:
+    """Expire all three cookies and tell the SDK the session is gone."""
+    access_path = config.tokens.access_token.path
+    for name, path, httponly in (
+        (ACCESS_TOKEN_COOKIE, access_path, True),
+        (REFRESH_TOKEN_COOKIE, config.tokens.refresh_token.renew_token_path, True),
+        (ID_REFRESH_TOKEN_COOKIE, access_path, False),
+    ):
+        _set(handler, config, name, "", 0, path, httponly)
+    handler.set_header(ID_REFRESH_TOKEN_HEADER, "remove")
+    _add_exposed(handler, ID_REFRESH_TOKEN_HEADER)
+    handler.clear_header(ANTI_CSRF_HEADER)
+
+
+def set_options_headers(handler: "RequestHandler") -> None:
+    """CORS preflight help: allow the SDK's headers and credentials."""
+    current = handler._headers.get("Access-Control-Allow-Headers", "")  # noqa: SLF001
+    present = [h.strip() for h in current.split(",") if h.strip()]
+    lowered = {h.lower() for h in present}
+    for name in (ANTI_CSRF_HEADER, SDK_NAME_HEADER, SDK_VERSION_HEADER):
+        if name not in lowered:
+            present.append(name)
+    handler.set_header("Access-Control-Allow-Headers", ", ".join(present))
+    handler.set_header("Access-Control-Allow-Credentials", "true")

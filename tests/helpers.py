@@ -83,3 +83,60 @@ async def make_pool(pg_params: dict, maxsize: int = 10) -> aiopg.Pool:
     kw = dict(pg_params)
     kw["dbname"] = kw.pop("database")
     return await aiopg.create_pool(minsize=1, maxsize=maxsize, **kw)
+
+
+class CookieJar:
+    """Just enough of a browser's cookie jar for HTTP-level tests (paths, expiry)."""
+
+    def __init__(self) -> None:
+        self.cookies: dict[tuple[str, str], str] = {}  # (name, path) -> value
+
+    def update(self, response: Any) -> None:
+        from http.cookies import SimpleCookie
+
+        for header in response.headers.get_list("Set-Cookie"):
+            parsed: SimpleCookie = SimpleCookie()
+            parsed.load(header)
+            for name, morsel in parsed.items():
+                key = (name, morsel["path"] or "/")
+                if not morsel.value or _expired(morsel["expires"]):
+                    self.cookies.pop(key, None)
+                else:
+                    self.cookies[key] = morsel.value
+
+    def header(self, path: str = "/") -> str:
+        pairs = [
+            f"{name}={value}"
+            for (name, cpath), value in sorted(self.cookies.items(), key=lambda kv: -len(kv[0][1]))
+            if path == cpath or path.startswith(cpath.rstrip("/") + "/") or cpath == "/"
+        ]
+        return "; ".join(pairs)
+
+    def get(self, name: str) -> Any:
+        for (cname, _), value in self.cookies.items():
+            if cname == name:
+                return value
+        return None
+
+
+def _expired(expires: str) -> bool:
+    from email.utils import parsedate_to_datetime
+    import datetime
+
+    if not expires:
+        return False
+    return parsedate_to_datetime(expires) <= datetime.datetime.now(datetime.timezone.utc)
+
+
+def set_cookie_headers(response: Any) -> dict[str, dict[str, Any]]:
+    """Parse every Set-Cookie header: name -> {value, and each attribute}."""
+    out: dict[str, dict[str, Any]] = {}
+    for header in response.headers.get_list("Set-Cookie"):
+        parts = [p.strip() for p in header.split(";")]
+        name, _, value = parts[0].partition("=")
+        attrs: dict[str, Any] = {"value": value}
+        for part in parts[1:]:
+            key, sep, val = part.partition("=")
+            attrs[key.lower()] = val if sep else True
+        out[name] = attrs
+    return out

@@ -33,6 +33,8 @@ MAX_COOKIE_VALUE_LENGTH = 8192
 MAX_DUPLICATES = 4
 #: Browsers drop cookies larger than this (name + value + attributes, roughly).
 BROWSER_COOKIE_LIMIT = 4096
+#: Expiry used to delete a cookie (1970-01-01T00:00:01Z; 0 would mean "no expiry").
+_EPOCH_PLUS_ONE_MS = 1000
 
 
 class CookieError(ValueError):
@@ -147,7 +149,7 @@ def clear_session(handler: "RequestHandler", config: Config) -> None:
         (REFRESH_TOKEN_COOKIE, config.tokens.refresh_token.renew_token_path, True),
         (ID_REFRESH_TOKEN_COOKIE, access_path, False),
     ):
-        _set(handler, config, name, "", 0, path, httponly)
+        _set(handler, config, name, "", _EPOCH_PLUS_ONE_MS, path, httponly)
     handler.set_header(ID_REFRESH_TOKEN_HEADER, "remove")
     _add_exposed(handler, ID_REFRESH_TOKEN_HEADER)
     handler.clear_header(ANTI_CSRF_HEADER)

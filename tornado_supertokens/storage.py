@@ -231,6 +231,8 @@ class Storage:
 
     @contextlib.asynccontextmanager
     async def _cursor(self) -> AsyncIterator[Any]:
+        if getattr(self._pool, "closed", False):
+            raise StorageUnavailableError("database unavailable: the pool is closed")
         try:
             async with self._pool.acquire() as conn:
                 if not self._rendered:

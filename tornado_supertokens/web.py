@@ -197,6 +197,11 @@ class _SessionErrorResponses(tornado.web.RequestHandler):
             return  # answered (and, for general errors, logged) by respond_to_session_error
         super().log_exception(typ, value, tb)
 
+    @property
+    def supertokens(self) -> SuperTokens:
+        """The instance this handler works with (see :func:`instance_for`)."""
+        return instance_for(self)
+
     def _st_or_none(self) -> Optional[SuperTokens]:
         try:
             return instance_for(self)
@@ -273,9 +278,12 @@ class RefreshHandler(_SessionErrorResponses):
         try:
             session = await refresh_session(self)
         except TokenTheftDetectedError as exc:
-            result = self.on_token_theft_detected(exc.session_handle, exc.user_id)
-            if inspect.isawaitable(result):
-                await result
+            try:
+                result = self.on_token_theft_detected(exc.session_handle, exc.user_id)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as hook_error:  # the verdict stands whatever the hook does
+                self.supertokens.logger.error("on_token_theft_detected raised", hook_error)
             raise
         self.set_header("Cache-Control", "no-store")
         await self.on_refreshed(session)

@@ -66,6 +66,11 @@ class KeyManager:
         return self._refresh_key
 
     @property
+    def uses_getter(self) -> bool:
+        """True when the application supplies the signing key (``signingKey.get``)."""
+        return self._getter is not None
+
+    @property
     def known_kids(self) -> frozenset[str]:
         return frozenset(self._keys)
 

@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any, Optional
 
+from .cache import DEFAULT_MAX_ENTRIES, VerifiedTokenCache
 from .clock import Clock
 from .config import Config
 from .exceptions import (
@@ -39,6 +40,7 @@ from .tokens import (
     decrypt_refresh_token,
     encode_access_token,
     encrypt_refresh_token,
+    key_bytes,
     new_anti_csrf_token,
     new_id_refresh_token,
     new_session_handle,
@@ -123,9 +125,18 @@ class SessionEngine:
     """Core operations of one :class:`~tornado_supertokens.SuperTokens` instance."""
 
     def __init__(
-        self, config: Config, storage: Storage, keys: KeyManager, clock: Clock, logger: Logger
+        self,
+        config: Config,
+        storage: Storage,
+        keys: KeyManager,
+        clock: Clock,
+        logger: Logger,
+        *,
+        cache_size: int = DEFAULT_MAX_ENTRIES,
     ) -> None:
         self._config = config
+        #: Access tokens that verified, so a repeat costs a look-up (0 disables it).
+        self._cache = VerifiedTokenCache(cache_size)
         self._storage = storage
         self._keys = keys
         self._clock = clock
@@ -328,11 +339,24 @@ class SessionEngine:
     # -- helpers ------------------------------------------------------------------
 
     async def _verify_access_token(self, token: str, now: int) -> AccessTokenPayload:
+        cached = self._cache.get(token, now)
+        if cached is not None:
+            payload, key = cached
+            if not self._keys.uses_getter:
+                return payload
+            # A user-supplied key may change at any time: the hit counts only
+            # while the token's key is still the current one.
+            if hmac.compare_digest(key_bytes(await self._keys.verification_key(None)), key_bytes(key)):
+                return payload
         try:
             key = await self._keys.verification_key(access_token_kid(token))
-            return decode_access_token(token, key, now)
+            payload = decode_access_token(token, key, now)
         except InvalidTokenError:
             raise TryRefreshTokenError("access token invalid or expired") from None
+        if payload.parent_refresh_token_hash1 is None:
+            # Tokens naming a parent are about to be replaced by promotion.
+            self._cache.put(token, payload, key)
+        return payload
 
     async def _new_access_token(self, payload: AccessTokenPayload, now: int) -> TokenInfo:
         expiry = (now + self._access_validity_ms) // 1000 * 1000

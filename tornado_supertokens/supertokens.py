@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Union
 
+from .cache import DEFAULT_MAX_ENTRIES
 from .cleanup import CleanupJob
 from .clock import Clock, SystemClock
 from .config import Config, parse_config
@@ -48,8 +49,13 @@ class SuperTokens:
         *,
         clock: Optional[Clock] = None,
         start_cleanup: bool = True,
+        cache_size: int = DEFAULT_MAX_ENTRIES,
     ) -> "SuperTokens":
-        """Validate ``config``, connect, create tables, load keys, schedule cleanup."""
+        """Validate ``config``, connect, create tables, load keys, schedule cleanup.
+
+        ``clock`` replaces the wall clock (tests); ``cache_size`` bounds the
+        per-process cache of verified access tokens (0 disables it).
+        """
         cfg = parse_config(config)
         clock = clock or SystemClock()
         logger = Logger(cfg.logging)
@@ -60,7 +66,7 @@ class SuperTokens:
         except BaseException:
             await storage.close()
             raise
-        engine = SessionEngine(cfg, storage, keys, clock, logger)
+        engine = SessionEngine(cfg, storage, keys, clock, logger, cache_size=cache_size)
         cleanup = CleanupJob(
             storage, cfg.tokens.refresh_token.removal_cronjob_interval, clock, logger
         )

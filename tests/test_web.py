@@ -18,6 +18,9 @@ from helpers import CookieJar, set_cookie_headers
 
 
 class Login(tornado.web.RequestHandler):
+    def check_xsrf_cookie(self) -> None:
+        """This test app's JSON login is exempt from Tornado's _xsrf check."""
+
     async def post(self) -> None:
         body = json.loads(self.request.body or b"{}")
         session = await st.create_new_session(
@@ -529,3 +532,42 @@ async def test_database_down_is_503_and_cookies_kept(make_st, pg_params):
             assert r.code == 503, (path, r.code, r.body)
             assert "Set-Cookie" not in r.headers
             assert b"Traceback" not in r.body
+
+
+# -- refresh endpoint CSRF ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "https://evil.example"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Origin": "null"},
+    ],
+)
+@pytest.mark.gen_test
+async def test_cross_site_refresh_is_refused_and_changes_nothing(make_st, headers):
+    async with running(make_st, xsrf_cookies=True) as (client, instance):
+        await client.login("csrf")
+        refresh_before = client.jar.get("sRefreshToken")
+        r = await client.call("POST", "/api/refresh", headers=headers, csrf=False)
+        assert r.code == 403
+        assert "Set-Cookie" not in r.headers
+        # Nothing rotated: the same refresh token is still the current one.
+        r = await client.call("POST", "/api/refresh",
+                              headers={"supertokens-sdk-name": "website"}, csrf=False)
+        assert r.code == 200
+        assert client.jar.get("sRefreshToken") != refresh_before
+
+
+@pytest.mark.gen_test
+async def test_same_origin_and_sdk_refresh_are_accepted(make_st):
+    async with running(make_st, xsrf_cookies=True) as (client, _):
+        await client.login("ok")
+        host = client.base.split("//", 1)[1]
+        r = await client.call("POST", "/api/refresh", headers={"Origin": f"http://{host}"})
+        assert r.code == 200
+        r = await client.call("POST", "/api/refresh", headers={
+            "Origin": "https://app.example", "Sec-Fetch-Site": "cross-site",
+            "supertokens-sdk-name": "website"})
+        assert r.code == 200

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 from typing import Any, Collection, Optional, Union
+from urllib.parse import urlsplit
 
 import tornado.web
 
@@ -267,12 +268,38 @@ class SessionRequestHandler(_SessionErrorResponses):
 class RefreshHandler(_SessionErrorResponses):
     """POST rotates the session's tokens. Mount it at ``renewTokenPath``.
 
-    Works with ``xsrf_cookies=True``: the SDK's refresh call carries no
-    ``_xsrf`` token, so this handler does its own cross-site check instead.
+    Cross-site request forgery: a forged refresh could rotate tokens or, worse,
+    make a victim's browser present a token and be logged out. The SDK's
+    refresh call carries no ``_xsrf`` token, so Tornado's check (with
+    ``xsrf_cookies=True``) is replaced here by one that fits it: a request
+    that carries the SDK's ``supertokens-sdk-name`` header (which a cross-site
+    page can only send with the server's CORS approval) is accepted; without
+    it, a request the browser marks as cross-site (``Sec-Fetch-Site``) or from
+    a foreign ``Origin`` is refused with 403, touching no token and no cookie.
+    Clients that are not browsers send neither and are accepted.
     """
 
     def check_xsrf_cookie(self) -> None:
-        """Replace Tornado's token check for this one endpoint (see :meth:`post`)."""
+        """Tornado's ``_xsrf`` check does not apply: see :meth:`is_cross_site_forgery`."""
+
+    def is_cross_site_forgery(self) -> bool:
+        headers = self.request.headers
+        if headers.get(cookies.SDK_NAME_HEADER):
+            return False
+        if headers.get("Sec-Fetch-Site", "").lower() in ("cross-site", "same-site"):
+            return True
+        origin = headers.get("Origin")
+        if origin is None:
+            return False
+        return urlsplit(origin).netloc.lower() != (self.request.host or "").lower()
+
+    async def prepare(self) -> None:
+        parent = super().prepare()
+        if inspect.isawaitable(parent):
+            await parent
+        if not self._finished and self.is_cross_site_forgery():
+            self.set_status(403)
+            self.finish({"message": "cross-site refresh refused", "type": "CROSS_SITE_REFUSED"})
 
     async def post(self) -> None:
         try:

@@ -371,3 +371,23 @@ def test_environment_does_not_relax_rules(monkeypatch: pytest.MonkeyPatch) -> No
         monkeypatch.setenv(name, "1")
     err = config_error(with_value("postgres.tables.signingKey", "x; DROP TABLE y"))
     assert err.path == "postgres.tables.signingKey"
+
+
+def test_rotation_grace_period_default_and_range():
+    from tornado_supertokens.config import parse_config
+    from tornado_supertokens.exceptions import ConfigError
+
+    base = {
+        "postgres": {"user": "postgres", "database": "x"},
+        "tokens": {"refreshToken": {"renewTokenPath": "/r"}},
+        "cookie": {"domain": "example.com"},
+    }
+    assert parse_config(base).tokens.refresh_token.rotation_grace_seconds == 20
+    ok = {**base, "tokens": {"refreshToken": {"renewTokenPath": "/r", "rotationGracePeriod": 0}}}
+    assert parse_config(ok).rotation_grace_ms == 0
+    for bad in (-1, 301, True, "10"):
+        cfg = {**base, "tokens": {"refreshToken": {"renewTokenPath": "/r",
+                                                    "rotationGracePeriod": bad}}}
+        with pytest.raises(ConfigError) as info:
+            parse_config(cfg)
+        assert info.value.path == "tokens.refreshToken.rotationGracePeriod"

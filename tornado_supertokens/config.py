@@ -52,6 +52,9 @@ class RefreshTokenConfig:
     renew_token_path: str
     validity_hours: float = 2400
     removal_cronjob_interval: str = "0 0 0 1-31/7 * *"
+    #: Seconds after a rotation during which the rotated-away token (or a
+    #: sibling of the new one) still gets a successor instead of a theft verdict.
+    rotation_grace_seconds: float = 20
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,10 @@ class Config:
     @property
     def refresh_token_validity_ms(self) -> int:
         return int(self.tokens.refresh_token.validity_hours * 3600 * 1000)
+
+    @property
+    def rotation_grace_ms(self) -> int:
+        return int(self.tokens.refresh_token.rotation_grace_seconds * 1000)
 
     @property
     def key_update_interval_ms(self) -> int:
@@ -304,6 +311,9 @@ SCHEMA = vol.Schema(
                     "removalCronjobInterval", RefreshTokenConfig, "removal_cronjob_interval"
                 ): _cron,
                 vol.Required("renewTokenPath"): _cookie_path,
+                _opt(
+                    "rotationGracePeriod", RefreshTokenConfig, "rotation_grace_seconds"
+                ): _number(0, 300, "seconds"),
             },
             _opt("enableAntiCsrf", TokensConfig, "enable_anti_csrf"): _is_bool,
         },
@@ -388,6 +398,7 @@ def parse_config(raw: Union[Mapping[str, Any], Config]) -> Config:
                 renew_token_path=refresh["renewTokenPath"],
                 validity_hours=refresh["validity"],
                 removal_cronjob_interval=refresh["removalCronjobInterval"],
+                rotation_grace_seconds=refresh["rotationGracePeriod"],
             ),
             access_token=AccessTokenConfig(
                 signing_key=SigningKeyConfig(

@@ -2,9 +2,9 @@
 
 A Tornado ``PeriodicCallback`` ticks every second; croniter decides when a
 run is due. A run deletes expired rows in bounded batches, yielding to the
-IOLoop between them, and only one process on the database cleans at a time
-(each batch takes a transaction-scoped advisory lock). A failing run is
-logged and the schedule goes on.
+IOLoop between them, and only one process cleans a table at a time (each
+batch takes a transaction-scoped advisory lock named after the table). A
+failing run is logged and the schedule goes on.
 """
 
 from __future__ import annotations

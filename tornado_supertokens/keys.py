@@ -102,7 +102,9 @@ class KeyManager:
         if key is not None:
             return key
         if self._may_be_next_bucket(kid):
-            # Another process's clock crossed the interval before ours did.
+            # Another process's clock crossed the interval before ours did, or
+            # a process whose clock lags made the previous interval's key after
+            # we had loaded the keys.
             self._last_unknown_lookup_ms = self._clock.now_ms()
             await self._load_keys()
             key = self._keys.get(kid)
@@ -123,7 +125,7 @@ class KeyManager:
         now = self._clock.now_ms()
         if now - self._last_unknown_lookup_ms < UNKNOWN_KID_LOOKUP_MS:
             return False
-        return int(kid) == int(self._current_kid) + self._interval_ms
+        return abs(int(kid) - int(self._current_kid)) == self._interval_ms
 
     async def _rotate(self, kid: str) -> None:
         # Single flight: concurrent signers wait for one rotation.

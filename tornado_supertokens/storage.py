@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import zlib
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Optional, Sequence
 
@@ -32,6 +34,9 @@ IDLE_IN_TRANSACTION_TIMEOUT_MS = 10_000
 #: Client-side limits (seconds): connecting, and one statement's round trip.
 CONNECT_TIMEOUT_S = 5
 QUERY_TIMEOUT_S = 10.0
+
+#: PostgreSQL truncates longer identifiers (NAMEDATALEN - 1).
+MAX_IDENTIFIER_LENGTH = 63
 
 #: Advisory lock keys (pg_advisory_*), arbitrary but fixed.
 SCHEMA_LOCK_KEY = 0x5EED_0001
@@ -76,14 +81,35 @@ def _dsn_kwargs(pg: PostgresConfig) -> dict[str, Any]:
     return kwargs
 
 
+def _table_lock_id(table: str) -> int:
+    """A stable int4 naming ``table``: the second key of its two-key advisory lock."""
+    value = zlib.crc32(table.encode("utf-8"))
+    return value - (1 << 32) if value >= (1 << 31) else value
+
+
+def _index_name(table: str, suffix: str) -> str:
+    """``<table>_<suffix>``, shortened to PostgreSQL's 63-byte identifier limit.
+
+    PostgreSQL would truncate a longer name silently: for a table name of 62
+    or 63 characters both index names would collapse into one (or into the
+    table's own name), and ``CREATE INDEX IF NOT EXISTS`` would skip them.
+    """
+    name = f"{table}_{suffix}"
+    if len(name) <= MAX_IDENTIFIER_LENGTH:  # validated identifiers are ASCII
+        return name
+    digest = hashlib.sha256(table.encode("utf-8")).hexdigest()[:8]
+    keep = MAX_IDENTIFIER_LENGTH - len(suffix) - len(digest) - 2
+    return f"{table[:keep]}_{digest}_{suffix}"
+
+
 class _Statements:
     """The statements, composed once with quoted table identifiers."""
 
     def __init__(self, keys_table: str, sessions_table: str) -> None:
         k = sql.Identifier(keys_table)
         s = sql.Identifier(sessions_table)
-        idx_user = sql.Identifier(f"{sessions_table}_user_id_idx")
-        idx_exp = sql.Identifier(f"{sessions_table}_expires_at_idx")
+        idx_user = sql.Identifier(_index_name(sessions_table, "user_id_idx"))
+        idx_exp = sql.Identifier(_index_name(sessions_table, "expires_at_idx"))
         q = sql.SQL
         self.schema = q(
             "BEGIN;"
@@ -166,10 +192,11 @@ class _Statements:
             "SELECT session_handle, user_id, session_info, expires_at, jwt_user_payload"
             " FROM {s} WHERE session_handle = %(handle)s"
         ).format(s=s)
-        # One bounded batch of cleanup, only by the process holding the
-        # cleanup lock for this transaction; expiry judged by the database clock.
+        # One bounded batch of cleanup, only by the process holding this
+        # table's cleanup lock for this transaction (instances on other tables
+        # clean at the same time); expiry judged by the database clock.
         self.delete_expired_batch = q(
-            "WITH lock AS (SELECT pg_try_advisory_xact_lock(%(lock)s) AS got),"
+            "WITH lock AS (SELECT pg_try_advisory_xact_lock(%(lock)s, %(table_lock)s) AS got),"
             " doomed AS (SELECT session_handle FROM {s}"
             "  WHERE expires_at < (extract(epoch from clock_timestamp()) * 1000)::bigint"
             "  AND (SELECT got FROM lock)"
@@ -187,6 +214,7 @@ class Storage:
         self._pool = pool
         self._owns_pool = owns_pool
         self._composed = _Statements(keys_table, sessions_table)
+        self._cleanup_table_lock = _table_lock_id(sessions_table)
         self._rendered: dict[str, str] = {}
 
     @property
@@ -372,10 +400,11 @@ class Storage:
         """Delete up to ``limit`` expired sessions.
 
         Returns ``(got_lock, deleted)``; ``got_lock`` is false when another
-        process is cleaning at this moment.
+        process is cleaning this table at this moment.
         """
         rows = await self._execute(
-            "delete_expired_batch", {"lock": CLEANUP_LOCK_KEY, "limit": limit}
+            "delete_expired_batch",
+            {"lock": CLEANUP_LOCK_KEY, "table_lock": self._cleanup_table_lock, "limit": limit},
         )
         got, count = rows[0]
         return bool(got), int(count)

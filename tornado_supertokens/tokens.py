@@ -30,6 +30,9 @@ MAX_REFRESH_TOKEN_LENGTH = 1024
 _REFRESH_AAD = b"tornado_supertokens refresh token v1"
 _REFRESH_NONCE_BYTES = 12
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
+#: A compact JWS exactly as PyJWT writes it: three unpadded base64url segments.
+#: PyJWT itself accepts a trailing "=" (and so a second spelling of a token).
+_JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
 class InvalidTokenError(Exception):
@@ -92,10 +95,17 @@ def encode_access_token(payload: AccessTokenPayload, key: str | bytes, kid: Opti
     return jwt.encode(claims, key_bytes(key), algorithm=ALGORITHM, headers=headers)
 
 
-def access_token_kid(token: str) -> Optional[str]:
-    """The ``kid`` header of a token, unverified (to pick the key to verify with)."""
+def _check_access_token_shape(token: object) -> None:
+    """Length first (before any parsing), then the exact compact-JWS shape."""
     if not isinstance(token, str) or len(token) > MAX_ACCESS_TOKEN_LENGTH:
         raise InvalidTokenError("access token too long or not a string")
+    if not _JWT_SHAPE.fullmatch(token):
+        raise InvalidTokenError("access token is not a compact JWS")
+
+
+def access_token_kid(token: str) -> Optional[str]:
+    """The ``kid`` header of a token, unverified (to pick the key to verify with)."""
+    _check_access_token_shape(token)
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError:
@@ -113,8 +123,7 @@ def decode_access_token(
 
     ``allow_expired`` skips only the expiry comparison (``exp`` is still required).
     """
-    if not isinstance(token, str) or len(token) > MAX_ACCESS_TOKEN_LENGTH:
-        raise InvalidTokenError("access token too long or not a string")
+    _check_access_token_shape(token)
     try:
         claims = jwt.decode(
             token,

@@ -19,6 +19,8 @@ import pytest
 from conftest import deep_merge
 from helpers import make_pool
 
+from tornado_supertokens.clock import ManualClock
+
 import tornado_supertokens
 from tornado_supertokens import (
     ConfigError,
@@ -244,7 +246,7 @@ async def test_server_going_away_is_unavailable_never_unauthorised(embedded):
         "tokens": {"accessToken": {"blacklisting": True}}, "logging": logging_cfg,
     })
     plain_cfg = config_for(params, suffix)
-    bl = await SuperTokens.create(blacklisting)
+    bl = await SuperTokens.create(blacklisting, clock=ManualClock())
     plain = await SuperTokens.create(plain_cfg)
     try:
         created = await bl.engine.create_new_session("outage", {"p": 1}, {"i": 1})
@@ -301,7 +303,9 @@ async def test_server_going_away_is_unavailable_never_unauthorised(embedded):
         assert await bl.engine.get_session_info(handle) == {"i": 1}
         assert await bl.engine.get_all_session_handles_for_user("outage") == [handle]
         await bl.engine.create_new_session("outage")
-        # The rotated-out token is theft again, now that the database can tell.
+        # The rotated-out token (past the grace period) is theft again, now
+        # that the database can tell.
+        bl.clock.advance(seconds=bl.config.tokens.refresh_token.rotation_grace_seconds + 1)
         with pytest.raises(TokenTheftDetectedError):
             await bl.engine.refresh_session(created.tokens.refresh_token.value)
     finally:

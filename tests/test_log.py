@@ -59,7 +59,7 @@ class Secrets:
             self.add(signature)
             claims = jwt.decode(token, options={"verify_signature": False})
             self.add(claims.get("refreshTokenHash1"))
-            self.add(claims.get("parentRefreshTokenHash1"))
+            self.add(claims.get("parentRefreshTokenHash2"))
             self.add(claims.get("antiCsrfToken"))
         if t.refresh_token is not None:
             refresh = t.refresh_token.value
@@ -106,6 +106,7 @@ async def lifecycle(make_st: Any, st: Any, overrides: dict, clock: ManualClock,
     secrets.add_result(promoted)
     grandchild = await engine.refresh_session(child.tokens.refresh_token.value)
     secrets.add_result(grandchild)
+    clock.advance(seconds=st.config.tokens.refresh_token.rotation_grace_seconds + 1)
     with pytest.raises(TokenTheftDetectedError):
         await engine.refresh_session(t.refresh_token.value)  # theft: session revoked
 

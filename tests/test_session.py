@@ -71,19 +71,27 @@ async def test_promoted_token_has_no_parent_reference(make_st):
     created = await st.engine.create_new_session("u1")
     refreshed = await st.engine.refresh_session(created.tokens.refresh_token.value)
     child_claims = jwt.decode(refreshed.tokens.access_token.value, options={"verify_signature": False})
-    assert "parentRefreshTokenHash1" in child_claims
+    assert "parentRefreshTokenHash2" in child_claims
     promoted = await verify(st, refreshed)
     claims = jwt.decode(promoted.tokens.access_token.value, options={"verify_signature": False})
-    assert "parentRefreshTokenHash1" not in claims
+    assert "parentRefreshTokenHash2" not in claims
     assert claims["refreshTokenHash1"] == child_claims["refreshTokenHash1"]
+
+
+GRACE_S = 20  # the default rotationGracePeriod
+
+
+async def past_grace(st):
+    st.clock.advance(seconds=GRACE_S + 1)
 
 
 @pytest.mark.gen_test
 async def test_refresh_with_child_promotes_it_and_issues_grandchild(make_st):
-    st = await make_st()
+    st = await make_st(clock=ManualClock())
     created = await st.engine.create_new_session("u1")
     child = await st.engine.refresh_session(created.tokens.refresh_token.value)
     grandchild = await st.engine.refresh_session(child.tokens.refresh_token.value)
+    await past_grace(st)
     # The child is now current: the original token is a rotated-out one.
     with pytest.raises(TokenTheftDetectedError):
         await st.engine.refresh_session(created.tokens.refresh_token.value)
@@ -93,11 +101,12 @@ async def test_refresh_with_child_promotes_it_and_issues_grandchild(make_st):
 
 @pytest.mark.gen_test
 async def test_theft_parent_reused_after_promotion(make_st):
-    st = await make_st()
+    st = await make_st(clock=ManualClock())
     created = await st.engine.create_new_session(42)
     handle = created.session.handle
     child = await st.engine.refresh_session(created.tokens.refresh_token.value)
     await verify(st, child)  # promotes the child
+    await past_grace(st)
     with pytest.raises(TokenTheftDetectedError) as info:
         await st.engine.refresh_session(created.tokens.refresh_token.value)
     assert info.value.session_handle == handle
@@ -112,11 +121,12 @@ async def test_theft_parent_reused_after_promotion(make_st):
 
 @pytest.mark.gen_test
 async def test_theft_sibling_child_after_promotion(make_st):
-    st = await make_st()
+    st = await make_st(clock=ManualClock())
     created = await st.engine.create_new_session("bob")
     first = await st.engine.refresh_session(created.tokens.refresh_token.value)
     sibling = await st.engine.refresh_session(created.tokens.refresh_token.value)
     await verify(st, first)  # promotes the first child
+    await past_grace(st)
     with pytest.raises(TokenTheftDetectedError) as info:
         await st.engine.refresh_session(sibling.tokens.refresh_token.value)
     assert (info.value.session_handle, info.value.user_id) == (created.session.handle, "bob")
@@ -124,14 +134,87 @@ async def test_theft_sibling_child_after_promotion(make_st):
 
 
 @pytest.mark.gen_test
-async def test_superseded_child_access_token_is_unauthorised(make_st):
-    st = await make_st()
+async def test_no_grace_period_means_immediate_theft(make_st):
+    st = await make_st({"tokens": {"refreshToken": {"rotationGracePeriod": 0}}})
+    created = await st.engine.create_new_session("strict")
+    child = await st.engine.refresh_session(created.tokens.refresh_token.value)
+    await verify(st, child)
+    with pytest.raises(TokenTheftDetectedError):
+        await st.engine.refresh_session(created.tokens.refresh_token.value)
+
+
+@pytest.mark.gen_test
+async def test_stale_sibling_access_token_is_try_refresh_never_unauthorised(make_st):
+    st = await make_st(clock=ManualClock())
     created = await st.engine.create_new_session("bob")
     first = await st.engine.refresh_session(created.tokens.refresh_token.value)
     sibling = await st.engine.refresh_session(created.tokens.refresh_token.value)
     await verify(st, first)
-    with pytest.raises(UnauthorisedError):
+    with pytest.raises(TryRefreshTokenError):
         await verify(st, sibling)
+    await past_grace(st)
+    with pytest.raises(TryRefreshTokenError):
+        await verify(st, sibling)
+
+
+@pytest.mark.gen_test
+async def test_the_interleaving_that_broke_the_original_keeps_the_user_logged_in(make_st):
+    """Two refreshes from one parent; the jar keeps the second; the first
+    child's access token promotes; then the second child is used."""
+    st = await make_st(clock=ManualClock())
+    created = await st.engine.create_new_session("tabs")
+    first = await st.engine.refresh_session(created.tokens.refresh_token.value)
+    second = await st.engine.refresh_session(created.tokens.refresh_token.value)
+    await verify(st, first)  # an in-flight request with the first child's token
+    jar = second  # the browser kept the second response's cookies
+    with pytest.raises(TryRefreshTokenError):
+        await verify(st, jar)  # stale sibling: refresh, do not log out
+    st.clock.advance(seconds=5)
+    jar = await st.engine.refresh_session(jar.tokens.refresh_token.value)  # within grace
+    promoted = await verify(st, jar)
+    assert promoted.tokens.access_token is not None
+    # From here on the jar's lineage is the session's: long after the grace
+    # period it keeps refreshing, and the first child is the outsider.
+    for _ in range(3):
+        st.clock.advance(seconds=GRACE_S * 3)
+        jar = await st.engine.refresh_session(jar.tokens.refresh_token.value)
+        await verify(st, jar)
+    with pytest.raises(TokenTheftDetectedError):
+        await st.engine.refresh_session(first.tokens.refresh_token.value)
+
+
+@pytest.mark.gen_test
+async def test_rotated_away_token_within_grace_gets_a_successor_in_the_lineage(make_st):
+    st = await make_st(clock=ManualClock())
+    created = await st.engine.create_new_session("lost-response")
+    child = await st.engine.refresh_session(created.tokens.refresh_token.value)
+    await verify(st, child)  # promoted: the original is rotated away
+    st.clock.advance(seconds=GRACE_S - 1)
+    successor = await st.engine.refresh_session(created.tokens.refresh_token.value)
+    assert successor.session.handle == created.session.handle
+    # The successor is a child of the current token: it promotes normally ...
+    await verify(st, successor)
+    # ... and the child it replaced is now the rotated-away one.
+    st.clock.advance(seconds=GRACE_S + 1)
+    with pytest.raises(TokenTheftDetectedError):
+        await st.engine.refresh_session(child.tokens.refresh_token.value)
+
+
+@pytest.mark.gen_test
+async def test_only_one_lineage_survives_the_grace_period(make_st):
+    st = await make_st(clock=ManualClock())
+    created = await st.engine.create_new_session("two-chains")
+    a = await st.engine.refresh_session(created.tokens.refresh_token.value)
+    b = await st.engine.refresh_session(created.tokens.refresh_token.value)
+    await verify(st, a)
+    st.clock.advance(seconds=GRACE_S + 1)
+    a = await st.engine.refresh_session(a.tokens.refresh_token.value)
+    await verify(st, a)
+    # b replays only after the window: detected, and the session is gone for both.
+    with pytest.raises(TokenTheftDetectedError):
+        await st.engine.refresh_session(b.tokens.refresh_token.value)
+    with pytest.raises(UnauthorisedError):
+        await st.engine.refresh_session(a.tokens.refresh_token.value)
 
 
 @pytest.mark.gen_test

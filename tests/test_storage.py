@@ -190,6 +190,7 @@ async def test_theft_path_costs_two_statements(make_st, counting_pool):
     created = await st.engine.create_new_session("victim")
     child = await st.engine.refresh_session(created.tokens.refresh_token.value)
     await st.engine.refresh_session(child.tokens.refresh_token.value)  # child is current
+    st.clock.advance(seconds=st.config.tokens.refresh_token.rotation_grace_seconds + 1)
     pool.reset()
     with pytest.raises(TokenTheftDetectedError):
         await st.engine.refresh_session(created.tokens.refresh_token.value)
@@ -291,6 +292,7 @@ async def lifecycle(st: Any, user: str) -> None:
     assert await st.engine.get_session_info(created.session.handle) == {"i": 1}
     await st.engine.update_session_info(created.session.handle, {"i": 2})
     assert await st.engine.get_all_session_handles_for_user(user) == [created.session.handle]
+    st.clock.advance(seconds=st.config.tokens.refresh_token.rotation_grace_seconds + 1)
     with pytest.raises(TokenTheftDetectedError):
         await st.engine.refresh_session(created.tokens.refresh_token.value)
     again = await st.engine.create_new_session(user)
@@ -305,7 +307,7 @@ async def test_mixed_case_table_names_work_end_to_end(make_st, pg_params, table_
     mixed = {"signingKey": f"Keys_Mixed_{table_suffix}",
              "refreshTokens": f"Sessions_Mixed_{table_suffix}"}
     lower = {k: v.lower() for k, v in mixed.items()}
-    st = await make_st({"postgres": {"tables": mixed}})
+    st = await make_st({"postgres": {"tables": mixed}}, clock=mid_day_clock())
     await lifecycle(st, "mixed")
     # The exact names exist (quoted identifiers), not case-folded ones.
     names = {str(r[0]) for r in query(
@@ -333,7 +335,7 @@ async def test_longest_table_names_get_both_indexes(make_st, pg_params, table_su
         "refreshTokens": f"S{table_suffix}".ljust(length, "s"),
     }
     assert all(len(name) == length for name in tables.values())
-    st = await make_st({"postgres": {"tables": tables}})
+    st = await make_st({"postgres": {"tables": tables}}, clock=mid_day_clock())
     await lifecycle(st, "long")
     idx = indexes_of(pg_params, tables["refreshTokens"])
     defs = list(idx.values())

@@ -308,7 +308,7 @@ async def test_ill_typed_claims_are_try_refresh(make_st, counting_pool):
     header = {"alg": "HS256", "typ": "JWT", "kid": s.kid}
     for name, bad in (("sessionHandle", 1), ("sessionHandle", None), ("userId", True),
                       ("userId", 1.5), ("userId", None), ("refreshTokenHash1", 5),
-                      ("antiCsrfToken", 7), ("parentRefreshTokenHash1", ["x"])):
+                      ("antiCsrfToken", 7), ("parentRefreshTokenHash2", ["x"])):
         await s.assert_try_refresh(sign(header, {**s.claims, name: bad}, s.key))
     for name in ("sessionHandle", "userId", "refreshTokenHash1", "userData"):
         await s.assert_try_refresh(

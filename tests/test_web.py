@@ -455,12 +455,14 @@ async def test_refresh_works_with_tornado_xsrf_cookies(make_st):
 @pytest.mark.gen_test
 async def test_theft_clears_cookies_and_calls_hook(make_st):
     TheftAware.thefts.clear()
-    async with running(make_st) as (client, instance):
+    clock = ManualClock()
+    async with running(make_st, clock=clock) as (client, instance):
         await client.login("vic")
         old_refresh = client.jar.get("sRefreshToken")
         other = await instance.engine.create_new_session("vic")
         assert (await client.call("POST", "/api/refresh")).code == 200
         assert (await client.call("GET", "/api/me")).code == 200  # promotes the child
+        clock.advance(seconds=21)  # past the rotation grace period
         r = await client.call("POST", "/api/refresh", cookie=f"sRefreshToken={old_refresh}")
         assert r.code == 440
         assert json.loads(r.body)["type"] == "TOKEN_THEFT_DETECTED"

@@ -5,11 +5,15 @@ No web framework here: inputs are token strings, outputs are a
 client. The database is touched once to create, never to verify (unless
 blacklisting is on or a child token is being promoted), and once to refresh.
 
-Refresh-token lineage: the database stores ``sha256(sha256(token))`` of the
-current token. A refresh with the current token issues a child that names its
-parent; the first use of the child (a refresh, or a request with the access
-token issued beside it) promotes it to current. Presenting any other token of
-a live session is token theft: the session is revoked.
+Refresh-token lineage: the database stores ``h2 = sha256(sha256(token))`` of
+the current token. A refresh with the current token issues a child that names
+its parent's h2; the first use of the child (a refresh, or a request with the
+access token issued beside it) promotes it to current, and the replaced h2 is
+remembered with the time of the rotation. For ``rotationGracePeriod`` seconds
+after that, a rotated-away token, or a sibling of the new current one, still
+gets a successor (a child of the current token): parallel tabs, lost and
+reordered responses are not theft. Any other token of a live session is token
+theft, and the session is revoked.
 """
 
 from __future__ import annotations
@@ -145,6 +149,7 @@ class SessionEngine:
         self._blacklisting = config.tokens.access_token.blacklisting
         self._access_validity_ms = config.access_token_validity_ms
         self._refresh_validity_ms = config.refresh_token_validity_ms
+        self._grace_ms = config.rotation_grace_ms
 
     # -- create ---------------------------------------------------------------
 
@@ -157,14 +162,14 @@ class SessionEngine:
         info_json = _dumps(session_info, "session_info")
         now = self._clock.now_ms()
         handle = new_session_handle()
-        refresh = self._new_refresh_token(handle, user_id, parent_hash1=None, now=now)
+        refresh = self._new_refresh_token(handle, user_id, now=now)
         anti_csrf = new_anti_csrf_token() if self._anti_csrf else None
         access = await self._new_access_token(
             AccessTokenPayload(
                 session_handle=handle,
                 user_id=user_id,
                 refresh_token_hash1=sha256_hex(refresh.value),
-                parent_refresh_token_hash1=None,
+                parent_refresh_token_hash2=None,
                 anti_csrf_token=anti_csrf,
                 user_data=jwt_payload,
                 expiry_ms=0,
@@ -216,7 +221,7 @@ class SessionEngine:
                 raise TryRefreshTokenError("anti-csrf check failed")
         session = Session(self, payload.session_handle, payload.user_id, payload.user_data)
 
-        if payload.parent_refresh_token_hash1 is None:
+        if payload.parent_refresh_token_hash2 is None:
             if self._blacklisting and not await self._storage.session_alive(
                 payload.session_handle, now
             ):
@@ -226,13 +231,18 @@ class SessionEngine:
         # First use of a child refresh token's access token: make the child current.
         promoted = await self._storage.promote(
             payload.session_handle,
-            new_h2=sha256_hex(payload.refresh_token_hash1),
-            parent_h2=sha256_hex(payload.parent_refresh_token_hash1),
+            own_h2=sha256_hex(payload.refresh_token_hash1),
+            parent_h2=payload.parent_refresh_token_hash2,
             now_ms=now,
+            grace_ms=self._grace_ms,
         )
         if not promoted:
-            raise UnauthorisedError("session is over or its refresh token was superseded")
-        access = await self._new_access_token(replace(payload, parent_refresh_token_hash1=None), now)
+            # A sibling of the current token (parallel refreshes): its refresh
+            # token decides, through refresh_session, between a successor and theft.
+            if await self._storage.session_alive(payload.session_handle, now):
+                raise TryRefreshTokenError("refresh token superseded: refresh again")
+            raise UnauthorisedError("session is over")
+        access = await self._new_access_token(replace(payload, parent_refresh_token_hash2=None), now)
         return SessionResult(session, SessionTokens(access_token=access))
 
     # -- refresh --------------------------------------------------------------------
@@ -255,16 +265,16 @@ class SessionEngine:
         handle, user_id = presented.session_handle, presented.user_id
         stored_user = _user_key(user_id)
         hash1 = sha256_hex(refresh_token)
-        parent = presented.parent_refresh_token_hash1
-        child = self._new_refresh_token(handle, user_id, parent_hash1=hash1, now=now)
+        expires_at = now + self._refresh_validity_ms
 
         row = await self._storage.rotate(
             handle,
             stored_user,
-            new_h2=sha256_hex(hash1),
-            parent_h2=sha256_hex(parent) if parent is not None else None,
-            expires_at=child.expires_at,
+            own_h2=sha256_hex(hash1),
+            parent_h2=presented.parent_refresh_token_hash2,
+            expires_at=expires_at,
             now_ms=now,
+            grace_ms=self._grace_ms,
         )
         if row is None:
             if await self._storage.delete_live_session(handle, stored_user, now):
@@ -272,14 +282,23 @@ class SessionEngine:
                 raise TokenTheftDetectedError(handle, user_id)
             raise UnauthorisedError("session is over")
 
-        jwt_payload = _loads(row[0])
+        # The new token is a child of whatever is current now: the presented
+        # token itself, or (within the grace period) the token that replaced it.
+        current_h2, payload_json = row
+        child = TokenInfo(
+            encrypt_refresh_token(
+                RefreshTokenPayload(handle, user_id, current_h2), self._keys.refresh_key
+            ),
+            expires_at,
+        )
+        jwt_payload = _loads(payload_json)
         anti_csrf = new_anti_csrf_token() if self._anti_csrf else None
         access = await self._new_access_token(
             AccessTokenPayload(
                 session_handle=handle,
                 user_id=user_id,
                 refresh_token_hash1=sha256_hex(child.value),
-                parent_refresh_token_hash1=hash1,
+                parent_refresh_token_hash2=current_h2,
                 anti_csrf_token=anti_csrf,
                 user_data=jwt_payload,
                 expiry_ms=0,
@@ -353,7 +372,7 @@ class SessionEngine:
             payload = decode_access_token(token, key, now)
         except InvalidTokenError:
             raise TryRefreshTokenError("access token invalid or expired") from None
-        if payload.parent_refresh_token_hash1 is None:
+        if payload.parent_refresh_token_hash2 is None:
             # Tokens naming a parent are about to be replaced by promotion.
             self._cache.put(token, payload, key)
         return payload
@@ -364,11 +383,10 @@ class SessionEngine:
         token = encode_access_token(replace(payload, expiry_ms=expiry), key, kid)
         return TokenInfo(token, expiry)
 
-    def _new_refresh_token(
-        self, handle: str, user_id: Any, parent_hash1: Optional[str], now: int
-    ) -> TokenInfo:
+    def _new_refresh_token(self, handle: str, user_id: Any, now: int) -> TokenInfo:
+        """A root refresh token (no parent) for a new session."""
         token = encrypt_refresh_token(
-            RefreshTokenPayload(handle, user_id, parent_hash1), self._keys.refresh_key
+            RefreshTokenPayload(handle, user_id, None), self._keys.refresh_key
         )
         return TokenInfo(token, now + self._refresh_validity_ms)
 

@@ -35,6 +35,9 @@ IDLE_IN_TRANSACTION_TIMEOUT_MS = 10_000
 CONNECT_TIMEOUT_S = 5
 QUERY_TIMEOUT_S = 10.0
 
+#: Rotated-away hashes remembered for the grace period, at most (newest first).
+RECENT_HASHES_KEPT = 16
+
 #: PostgreSQL truncates longer identifiers (NAMEDATALEN - 1).
 MAX_IDENTIFIER_LENGTH = 63
 
@@ -122,6 +125,7 @@ class _Statements:
             "  session_handle VARCHAR(64) PRIMARY KEY,"
             "  user_id VARCHAR(256) NOT NULL,"
             "  refresh_token_hash_2 CHAR(64) NOT NULL,"
+            "  recent_hashes JSONB NOT NULL DEFAULT '{{}}'::jsonb,"
             "  session_info TEXT,"
             "  expires_at BIGINT NOT NULL,"
             "  jwt_user_payload TEXT);"
@@ -147,23 +151,43 @@ class _Statements:
             "INSERT INTO {s} (session_handle, user_id, refresh_token_hash_2, session_info,"
             " expires_at, jwt_user_payload) VALUES (%s, %s, %s, %s, %s, %s)"
         ).format(s=s)
-        # Refresh and promotion in one statement: the presented token must be
-        # the stored one or the child of the stored one; either way it becomes
-        # the stored one. A session past its expiry matches nothing.
+        # Refresh and promotion in one statement. The presented token (own
+        # hash t2, parent's hash p2) passes if it is the stored one, its child
+        # (which is then promoted: the stored hash moves to recent_hashes with
+        # the time of the rotation), or, within the grace period, a token that
+        # was rotated away or a sibling of one (parallel refreshes, lost or
+        # reordered responses). Whatever passed, the caller issues a child of
+        # the hash this returns. A session past its expiry matches nothing.
+        # (A fragment, never .format()ed itself: its braces are literal.)
+        remember = q(
+            "CASE WHEN refresh_token_hash_2 = %(p2)s THEN"
+            " COALESCE((SELECT jsonb_object_agg(r.key, r.value) FROM"
+            "  (SELECT key, value FROM jsonb_each(recent_hashes)"
+            "   WHERE value::bigint > %(since)s ORDER BY value::bigint DESC"
+            "   LIMIT %(keep)s) r), '{}'::jsonb)"
+            " || jsonb_build_object(refresh_token_hash_2, %(now)s)"
+            " ELSE recent_hashes END"
+        )
         self.rotate = q(
-            "UPDATE {s} SET refresh_token_hash_2 = %(new_h2)s, expires_at = %(expires_at)s"
+            "UPDATE {s} SET recent_hashes = {remember},"
+            " refresh_token_hash_2 = CASE WHEN refresh_token_hash_2 = %(p2)s"
+            "  THEN %(t2)s ELSE refresh_token_hash_2 END,"
+            " expires_at = %(expires_at)s"
             " WHERE session_handle = %(handle)s AND user_id = %(user_id)s"
-            " AND refresh_token_hash_2 IN (%(new_h2)s, %(parent_h2)s)"
             " AND expires_at > %(now)s"
-            " RETURNING jwt_user_payload"
-        ).format(s=s)
+            " AND (refresh_token_hash_2 IN (%(t2)s, %(p2)s)"
+            "  OR (recent_hashes ->> %(t2)s)::bigint > %(since)s"
+            "  OR (recent_hashes ->> %(p2)s)::bigint > %(since)s)"
+            " RETURNING refresh_token_hash_2, jwt_user_payload"
+        ).format(s=s, remember=remember)
+        # Promotion by the first request with a child's access token.
         self.promote = q(
-            "UPDATE {s} SET refresh_token_hash_2 = %(new_h2)s"
+            "UPDATE {s} SET recent_hashes = {remember}, refresh_token_hash_2 = %(t2)s"
             " WHERE session_handle = %(handle)s"
-            " AND refresh_token_hash_2 IN (%(new_h2)s, %(parent_h2)s)"
+            " AND refresh_token_hash_2 IN (%(t2)s, %(p2)s)"
             " AND expires_at > %(now)s"
             " RETURNING session_handle"
-        ).format(s=s)
+        ).format(s=s, remember=remember)
         self.session_alive = q(
             "SELECT 1 FROM {s} WHERE session_handle = %(handle)s AND expires_at > %(now)s"
         ).format(s=s)
@@ -328,32 +352,46 @@ class Storage:
         self,
         handle: str,
         user_id: str,
-        new_h2: str,
+        own_h2: str,
         parent_h2: Optional[str],
         expires_at: int,
         now_ms: int,
-    ) -> Optional[tuple[Optional[str]]]:
-        """Make ``new_h2`` the stored hash if it or ``parent_h2`` is stored now.
+        grace_ms: int,
+    ) -> Optional[tuple[str, Optional[str]]]:
+        """Accept a presented refresh token and extend the session (see ``_Statements``).
 
-        Returns ``(jwt_payload,)`` on success, ``None`` when nothing matched.
+        Returns ``(current_hash2, jwt_payload)`` after the update, or ``None``
+        when the token is not acceptable (or the session is gone or expired).
         """
         rows = await self._execute(
             "rotate",
             {
                 "handle": handle,
                 "user_id": user_id,
-                "new_h2": new_h2,
-                "parent_h2": parent_h2 if parent_h2 is not None else new_h2,
+                "t2": own_h2,
+                "p2": parent_h2,
                 "expires_at": expires_at,
                 "now": now_ms,
+                "since": now_ms - grace_ms,
+                "keep": RECENT_HASHES_KEPT,
             },
         )
-        return (rows[0][0],) if rows else None
+        return (str(rows[0][0]), rows[0][1]) if rows else None
 
-    async def promote(self, handle: str, new_h2: str, parent_h2: str, now_ms: int) -> bool:
+    async def promote(
+        self, handle: str, own_h2: str, parent_h2: str, now_ms: int, grace_ms: int
+    ) -> bool:
+        """Make a child current on first use of its access token; False if not possible."""
         rows = await self._execute(
             "promote",
-            {"handle": handle, "new_h2": new_h2, "parent_h2": parent_h2, "now": now_ms},
+            {
+                "handle": handle,
+                "t2": own_h2,
+                "p2": parent_h2,
+                "now": now_ms,
+                "since": now_ms - grace_ms,
+                "keep": RECENT_HASHES_KEPT,
+            },
         )
         return bool(rows)
 

@@ -72,7 +72,7 @@ class AccessTokenPayload:
     session_handle: str
     user_id: Any
     refresh_token_hash1: str
-    parent_refresh_token_hash1: Optional[str]
+    parent_refresh_token_hash2: Optional[str]
     anti_csrf_token: Optional[str]
     user_data: Any
     expiry_ms: int
@@ -87,8 +87,8 @@ def encode_access_token(payload: AccessTokenPayload, key: str | bytes, kid: Opti
         "userData": payload.user_data,
         "exp": payload.expiry_ms // 1000,
     }
-    if payload.parent_refresh_token_hash1 is not None:
-        claims["parentRefreshTokenHash1"] = payload.parent_refresh_token_hash1
+    if payload.parent_refresh_token_hash2 is not None:
+        claims["parentRefreshTokenHash2"] = payload.parent_refresh_token_hash2
     if payload.anti_csrf_token is not None:
         claims["antiCsrfToken"] = payload.anti_csrf_token
     headers = {"kid": kid} if kid is not None else None
@@ -141,7 +141,7 @@ def decode_access_token(
         raise InvalidTokenError("access token expired")
     handle = claims.get("sessionHandle")
     rt_hash = claims.get("refreshTokenHash1")
-    parent = claims.get("parentRefreshTokenHash1")
+    parent = claims.get("parentRefreshTokenHash2")
     anti_csrf = claims.get("antiCsrfToken")
     user_id = claims.get("userId")
     if (
@@ -157,7 +157,7 @@ def decode_access_token(
         session_handle=handle,
         user_id=user_id,
         refresh_token_hash1=rt_hash,
-        parent_refresh_token_hash1=parent,
+        parent_refresh_token_hash2=parent,
         anti_csrf_token=anti_csrf,
         user_data=claims["userData"],
         expiry_ms=exp * 1000,
@@ -175,7 +175,7 @@ def _valid_user_id(value: Any) -> bool:
 class RefreshTokenPayload:
     session_handle: str
     user_id: Any
-    parent_refresh_token_hash1: Optional[str]
+    parent_refresh_token_hash2: Optional[str]
 
 
 def encrypt_refresh_token(payload: RefreshTokenPayload, key: str | bytes) -> str:
@@ -184,7 +184,7 @@ def encrypt_refresh_token(payload: RefreshTokenPayload, key: str | bytes) -> str
         {
             "h": payload.session_handle,
             "u": payload.user_id,
-            "p": payload.parent_refresh_token_hash1,
+            "p": payload.parent_refresh_token_hash2,
             "n": secrets.token_urlsafe(16),
         },
         separators=(",", ":"),

@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: test demo bench lint clean sdk
+.PHONY: test e2e demo bench lint clean sdk
 
 $(STAMP): setup.py requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,14 +17,19 @@ $(STAMP): setup.py requirements.txt
 test: $(STAMP)
 	$(PY) -m pytest
 
+# Only the browser and demo tests (they are part of `make test` too).
+e2e: $(STAMP) sdk
+	$(PY) -m pytest tests/test_browser.py tests/test_demo.py
+
 demo: $(STAMP) sdk
 	$(PY) -m demo
 
 sdk:
 	bash demo/frontend/build.sh
 
+# Benchmarks of issue 4 (not part of `make test`): `make bench BENCH_ARGS=--quick` to smoke-check.
 bench: $(STAMP)
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tornado_supertokens tests

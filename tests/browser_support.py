@@ -150,3 +150,81 @@ def ensure_sdk_bundle(force: bool = False, timeout: float = 600.0) -> pathlib.Pa
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return SDK_BUNDLE
+
+
+# -- running an IOLoop in a background thread ------------------------------------
+
+
+class LoopThread:
+    """Runs an asyncio/Tornado loop in a daemon thread while the test drives a browser.
+
+    Playwright's sync API blocks the test's thread (and keeps its own asyncio
+    loop marked as running there, so no other loop can run in that thread
+    while a browser is open): the server under test is served from here::
+
+        loop = LoopThread().start()
+        st = loop.run(SuperTokens.create(config))   # runs on the loop's thread
+        loop.run(lambda: app.listen(0))              # plain callables too
+        ...
+        loop.run(st.close()); loop.stop()
+
+    Anything made on this loop (pools, servers) must be used and closed on it.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self.io_loop: Any = None
+        self._thread = threading.Thread(target=self._main, name="test-ioloop", daemon=True)
+        self._started = threading.Event()
+
+    def _main(self) -> None:
+        import asyncio
+
+        import tornado.ioloop
+
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self.io_loop = tornado.ioloop.IOLoop.current()
+        self.io_loop.add_callback(self._started.set)
+        try:
+            self.io_loop.start()
+        finally:
+            self.io_loop.close(all_fds=True)
+
+    def start(self) -> "LoopThread":
+        self._thread.start()
+        if not self._started.wait(10):
+            raise RuntimeError("the IOLoop thread did not start")
+        return self
+
+    def run(self, awaitable: Any, timeout: float = 30.0) -> Any:
+        """Run a coroutine, or call a plain function, on the loop; return its result."""
+        import asyncio
+        import inspect
+
+        async def wrapper() -> Any:
+            value = awaitable() if callable(awaitable) else awaitable
+            if inspect.isawaitable(value):
+                value = await value
+            return value
+
+        future = asyncio.run_coroutine_threadsafe(wrapper(), self.io_loop.asyncio_loop)
+        return future.result(timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if not self._thread.is_alive():
+            return
+        self.io_loop.add_callback(self.io_loop.stop)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise RuntimeError("the IOLoop thread did not stop")
+
+
+def free_port() -> int:
+    """A TCP port that was free on localhost a moment ago."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

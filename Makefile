@@ -32,7 +32,7 @@ bench: $(STAMP)
 	$(PY) -m bench $(BENCH_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check tornado_supertokens tests
+	$(VENV)/bin/ruff check tornado_supertokens tests demo bench
 	$(VENV)/bin/mypy tornado_supertokens
 
 clean:

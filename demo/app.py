@@ -191,12 +191,11 @@ class SessionsHandler(SessionApiHandler):
     """The current user's sessions (handles and their session info)."""
 
     async def get(self) -> None:
-        engine = self.st.engine
-        handles = await engine.get_all_session_handles_for_user(self.session.user_id)
+        handles = await self.st.get_all_session_handles_for_user(self.session.user_id)
         sessions = []
         for handle in handles:
             try:
-                info = await engine.get_session_info(handle)
+                info = await self.st.get_session_info(handle)
             except UnauthorisedError:  # expired or revoked meanwhile
                 continue
             sessions.append(
@@ -211,8 +210,7 @@ class SessionHandler(SessionApiHandler):
 
     async def delete(self, handle: str) -> None:
         handle = handle.lower()
-        engine = self.st.engine
-        own = await engine.get_all_session_handles_for_user(self.session.user_id)
+        own = await self.st.get_all_session_handles_for_user(self.session.user_id)
         if handle not in own:
             raise tornado.web.HTTPError(404, reason="no such session of yours")
         self.state.counters.pop(handle, None)
@@ -220,7 +218,7 @@ class SessionHandler(SessionApiHandler):
             await self.session.revoke_session()  # clears this browser's cookies too
             self.write({"revoked": handle, "current": True})
             return
-        await engine.revoke_session(handle)
+        await self.st.revoke_session_using_session_handle(handle)
         self.write({"revoked": handle, "current": False})
 
 

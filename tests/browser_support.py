@@ -192,7 +192,7 @@ class LoopThread:
         finally:
             self.io_loop.close(all_fds=True)
 
-    def start(self) -> "LoopThread":
+    def start(self) -> LoopThread:
         self._thread.start()
         if not self._started.wait(10):
             raise RuntimeError("the IOLoop thread did not start")

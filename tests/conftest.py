@@ -12,9 +12,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import pg  # noqa: E402
-
 from tornado_supertokens.supertokens import SuperTokens  # noqa: E402
+
+import pg  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ class CountingPool:
     def reset(self) -> None:
         self.statements.clear()
 
-    def acquire(self) -> "_Acquire":
+    def acquire(self) -> _Acquire:
         return _Acquire(self)
 
     def __getattr__(self, name: str) -> Any:
@@ -33,7 +33,7 @@ class _Acquire:
         self._owner = owner
         self._cm: Any = None
 
-    async def __aenter__(self) -> "_Conn":
+    async def __aenter__(self) -> _Conn:
         self._cm = self._owner._pool.acquire()
         conn = await self._cm.__aenter__()
         return _Conn(conn, self._owner)
@@ -47,7 +47,7 @@ class _Conn:
         self._conn = conn
         self._owner = owner
 
-    def cursor(self) -> "_CursorCM":
+    def cursor(self) -> _CursorCM:
         return _CursorCM(self._conn.cursor(), self._owner)
 
     def __getattr__(self, name: str) -> Any:
@@ -59,7 +59,7 @@ class _CursorCM:
         self._cm = cm
         self._owner = owner
 
-    async def __aenter__(self) -> "_Cursor":
+    async def __aenter__(self) -> _Cursor:
         return _Cursor(await self._cm.__aenter__(), self._owner)
 
     async def __aexit__(self, *exc: Any) -> Any:
@@ -120,8 +120,8 @@ class CookieJar:
 
 
 def _expired(expires: str) -> bool:
-    from email.utils import parsedate_to_datetime
     import datetime
+    from email.utils import parsedate_to_datetime
 
     if not expires:
         return False

@@ -23,6 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
 import pytest
+
+from tornado_supertokens import RefreshHandler
+from tornado_supertokens.clock import ManualClock, SystemClock
+
 from browser_support import (
     CHROMIUM_PATH,
     LoopThread,
@@ -31,9 +35,6 @@ from browser_support import (
     launch_browser,
     sdk_bundle_buildable,
 )
-
-from tornado_supertokens import RefreshHandler
-from tornado_supertokens.clock import ManualClock, SystemClock
 
 pytestmark = [
     pytest.mark.browser,
@@ -153,13 +154,14 @@ def start_server(
     lives on ``loop_thread``: ``make_st`` closes its instances with
     ``io_loop.run_sync`` in this thread, which the sync Playwright API forbids.
     """
-    import pg
     import tornado.httpserver
     import tornado.netutil
     import tornado.web
 
     from demo.app import make_app
     from tornado_supertokens.supertokens import SuperTokens
+
+    import pg
 
     servers: List[DemoServer] = []
     instances: List[Any] = []

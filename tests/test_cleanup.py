@@ -14,15 +14,16 @@ from datetime import datetime, timezone
 from typing import Any, AsyncIterator
 
 import aiopg
-import pg
 import pytest
-from helpers import CountingPool, make_pool
 
 from tornado_supertokens.cleanup import CleanupJob, next_run_ms
 from tornado_supertokens.clock import ManualClock, SystemClock
 from tornado_supertokens.config import LoggingConfig
 from tornado_supertokens.log import Logger
 from tornado_supertokens.storage import Storage
+
+import pg
+from helpers import CountingPool, make_pool
 
 DEFAULT_SCHEDULE = "0 0 0 1-31/7 * *"
 YEAR_MS = 365 * 24 * 3_600_000

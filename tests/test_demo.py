@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator, List
 
 import pytest
+
 from browser_support import (
     CHROMIUM_PATH,
     REPO_ROOT,
@@ -67,7 +68,7 @@ class DemoProcess:
             text=True,
         )
         self.lines: List[str] = []
-        self._queue: "queue.Queue[str]" = queue.Queue()
+        self._queue: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self) -> None:

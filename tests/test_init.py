@@ -14,12 +14,7 @@ import socket
 import uuid
 from typing import Any
 
-import pg
 import pytest
-from conftest import deep_merge
-from helpers import make_pool
-
-from tornado_supertokens.clock import ManualClock
 
 import tornado_supertokens
 from tornado_supertokens import (
@@ -32,6 +27,11 @@ from tornado_supertokens import (
     UnauthorisedError,
     core,
 )
+from tornado_supertokens.clock import ManualClock
+
+import pg
+from conftest import deep_merge
+from helpers import make_pool
 
 #: Hang guard for one operation: turns a hang into a failure (not a timing assertion).
 HANG_GUARD_S = 20

@@ -12,14 +12,15 @@ import secrets
 from typing import Any, Optional
 
 import jwt
-import pg
 import pytest
-from helpers import CountingPool, make_pool
 
 from tornado_supertokens import GeneralError, TryRefreshTokenError
 from tornado_supertokens.clock import ManualClock
 from tornado_supertokens.keys import ACCESS_KEY_PREFIX, REFRESH_KEY_NAME, STATIC_KID
 from tornado_supertokens.tokens import access_token_kid
+
+import pg
+from helpers import CountingPool, make_pool
 
 HOUR_MS = 3_600_000
 #: One-hour rotation, two-hour access tokens: a token outlives its key's interval.

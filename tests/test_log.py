@@ -12,13 +12,14 @@ import logging
 from typing import Any, Iterable
 
 import jwt
-import pg
 import pytest
-from helpers import make_pool
 
 from tornado_supertokens import StorageUnavailableError, TokenTheftDetectedError
 from tornado_supertokens.clock import ManualClock, SystemClock
 from tornado_supertokens.log import LOGGER_NAME, Logger
+
+import pg
+from helpers import make_pool
 
 HOUR_MS = 3_600_000
 YEAR_MS = 365 * 24 * HOUR_MS

@@ -16,9 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import pg
 import pytest
-from helpers import CountingPool, make_pool
 
 from tornado_supertokens import (
     TokenTheftDetectedError,
@@ -26,6 +24,9 @@ from tornado_supertokens import (
 )
 from tornado_supertokens.clock import ManualClock
 from tornado_supertokens.keys import ACCESS_KEY_PREFIX, REFRESH_KEY_NAME
+
+import pg
+from helpers import CountingPool, make_pool
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -154,7 +155,7 @@ async def test_verify_with_blacklisting_costs_one_statement(make_st, counting_po
     st = await make_st({"tokens": {"accessToken": {"blacklisting": True}}}, pool=pool,
                        clock=mid_day_clock())
     created = await st.engine.create_new_session("bl-user")
-    for i in range(1, 4):
+    for _ in range(3):
         pool.reset()
         await verify(st, created)
         assert pool.count == 1

@@ -21,7 +21,6 @@ from typing import Any, Iterator, Optional
 
 import jwt
 import pytest
-from helpers import CountingPool, make_pool
 
 from tornado_supertokens import (
     TokenTheftDetectedError,
@@ -38,6 +37,8 @@ from tornado_supertokens.tokens import (
     encrypt_refresh_token,
     key_bytes,
 )
+
+from helpers import CountingPool, make_pool
 
 B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 #: Mid-interval, so no key rotation can happen during a test.

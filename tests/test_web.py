@@ -14,6 +14,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 import tornado_supertokens as st
 from tornado_supertokens.clock import ManualClock
+
 from helpers import CookieJar, set_cookie_headers
 
 
@@ -93,7 +94,7 @@ class TheftAware(st.RefreshHandler):
 
     async def on_token_theft_detected(self, session_handle: str, user_id: Any) -> None:
         TheftAware.thefts.append((session_handle, user_id))
-        await self.supertokens.engine.revoke_all_sessions_for_user(user_id)
+        await self.supertokens.revoke_all_sessions_for_user(user_id)
 
 
 def make_app(instance: st.SuperTokens, **settings: Any) -> tornado.web.Application:

@@ -271,7 +271,7 @@ def _opt(key: str, cls: type, name: str) -> vol.Optional:
     return vol.Optional(key, default=_default(cls, name))
 
 
-_SECTION = {"default": dict}
+
 
 SCHEMA = vol.Schema(
     {
@@ -282,7 +282,7 @@ SCHEMA = vol.Schema(
             vol.Optional("password", default=None): _optional_str,
             _opt("connectionLimit", PostgresConfig, "connection_limit"): _integer(1, 1000),
             vol.Required("database"): _non_empty_str,
-            vol.Optional("tables", **_SECTION): vol.All(
+            vol.Optional("tables", default=dict): vol.All(
                 {
                     _opt("signingKey", PostgresConfig, "signing_key_table"): _sql_identifier,
                     _opt("refreshTokens", PostgresConfig, "refresh_token_table"): _sql_identifier,
@@ -291,8 +291,8 @@ SCHEMA = vol.Schema(
             ),
         },
         vol.Required("tokens"): {
-            vol.Optional("accessToken", **_SECTION): {
-                vol.Optional("signingKey", **_SECTION): {
+            vol.Optional("accessToken", default=dict): {
+                vol.Optional("signingKey", default=dict): {
                     _opt("dynamic", SigningKeyConfig, "dynamic"): _is_bool,
                     _opt("updateInterval", SigningKeyConfig, "update_interval_hours"): _number(
                         1, 720, "hours"
@@ -317,7 +317,7 @@ SCHEMA = vol.Schema(
             },
             _opt("enableAntiCsrf", TokensConfig, "enable_anti_csrf"): _is_bool,
         },
-        vol.Optional("logging", **_SECTION): {
+        vol.Optional("logging", default=dict): {
             vol.Optional("info", default=None): _optional_callable,
             vol.Optional("error", default=None): _optional_callable,
         },

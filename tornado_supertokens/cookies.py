@@ -41,7 +41,7 @@ class CookieError(ValueError):
     """A session cookie is malformed or oversized."""
 
 
-def read_cookie_values(handler: "RequestHandler", name: str) -> list[str]:
+def read_cookie_values(handler: RequestHandler, name: str) -> list[str]:
     """Every value of cookie ``name`` in the request, URL-decoded, in order.
 
     Reads the raw ``Cookie`` headers (Tornado's parser keeps only the last of
@@ -66,7 +66,7 @@ def read_cookie_values(handler: "RequestHandler", name: str) -> list[str]:
     return values
 
 
-def read_cookie(handler: "RequestHandler", name: str) -> Optional[str]:
+def read_cookie(handler: RequestHandler, name: str) -> Optional[str]:
     """The single value of cookie ``name``; ``None`` if absent.
 
     Raises :class:`CookieError` if the request carries several different values.
@@ -77,7 +77,7 @@ def read_cookie(handler: "RequestHandler", name: str) -> Optional[str]:
     return values[0] if values else None
 
 
-def read_anti_csrf_header(handler: "RequestHandler") -> Optional[str]:
+def read_anti_csrf_header(handler: RequestHandler) -> Optional[str]:
     return handler.request.headers.get(ANTI_CSRF_HEADER)
 
 
@@ -86,7 +86,7 @@ def _encode(value: str) -> str:
 
 
 def _set(
-    handler: "RequestHandler",
+    handler: RequestHandler,
     config: Config,
     name: str,
     value: str,
@@ -109,7 +109,7 @@ def _set(
     )
 
 
-def _add_exposed(handler: "RequestHandler", *names: str) -> None:
+def _add_exposed(handler: RequestHandler, *names: str) -> None:
     current = handler._headers.get(EXPOSE_HEADERS, "")  # noqa: SLF001 (Tornado has no getter)
     present = [h.strip() for h in current.split(",") if h.strip()]
     lowered = {h.lower() for h in present}
@@ -117,12 +117,12 @@ def _add_exposed(handler: "RequestHandler", *names: str) -> None:
     handler.set_header(EXPOSE_HEADERS, ", ".join(present))
 
 
-def set_access_token(handler: "RequestHandler", config: Config, token: TokenInfo) -> None:
+def set_access_token(handler: RequestHandler, config: Config, token: TokenInfo) -> None:
     _set(handler, config, ACCESS_TOKEN_COOKIE, token.value, token.expires_at,
          config.tokens.access_token.path, httponly=True)
 
 
-def set_tokens(handler: "RequestHandler", config: Config, tokens: SessionTokens) -> None:
+def set_tokens(handler: RequestHandler, config: Config, tokens: SessionTokens) -> None:
     """Write whatever ``tokens`` carries as cookies and headers."""
     if tokens.access_token is not None:
         set_access_token(handler, config, tokens.access_token)
@@ -141,7 +141,7 @@ def set_tokens(handler: "RequestHandler", config: Config, tokens: SessionTokens)
         _add_exposed(handler, ANTI_CSRF_HEADER)
 
 
-def clear_session(handler: "RequestHandler", config: Config) -> None:
+def clear_session(handler: RequestHandler, config: Config) -> None:
     """Expire all three cookies and tell the SDK the session is gone."""
     access_path = config.tokens.access_token.path
     for name, path, httponly in (
@@ -155,7 +155,7 @@ def clear_session(handler: "RequestHandler", config: Config) -> None:
     handler.clear_header(ANTI_CSRF_HEADER)
 
 
-def set_options_headers(handler: "RequestHandler") -> None:
+def set_options_headers(handler: RequestHandler) -> None:
     """CORS preflight help: allow the SDK's headers and credentials."""
     current = handler._headers.get("Access-Control-Allow-Headers", "")  # noqa: SLF001
     present = [h.strip() for h in current.split(",") if h.strip()]

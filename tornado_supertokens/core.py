@@ -30,20 +30,20 @@ async def refresh_session(refresh_token: Optional[str]) -> SessionResult:
 
 
 async def revoke_session_using_session_handle(session_handle: str) -> bool:
-    return await get_instance().engine.revoke_session(session_handle)
+    return await get_instance().revoke_session_using_session_handle(session_handle)
 
 
 async def revoke_all_sessions_for_user(user_id: Any) -> list[str]:
-    return await get_instance().engine.revoke_all_sessions_for_user(user_id)
+    return await get_instance().revoke_all_sessions_for_user(user_id)
 
 
 async def get_all_session_handles_for_user(user_id: Any) -> list[str]:
-    return await get_instance().engine.get_all_session_handles_for_user(user_id)
+    return await get_instance().get_all_session_handles_for_user(user_id)
 
 
 async def get_session_info(session_handle: str) -> Any:
-    return await get_instance().engine.get_session_info(session_handle)
+    return await get_instance().get_session_info(session_handle)
 
 
 async def update_session_info(session_handle: str, info: Any) -> None:
-    await get_instance().engine.update_session_info(session_handle, info)
+    await get_instance().update_session_info(session_handle, info)

@@ -75,7 +75,7 @@ class SessionTokens:
 class Session:
     """One verified session: who it is, and operations on it."""
 
-    def __init__(self, engine: "SessionEngine", handle: str, user_id: Any, jwt_payload: Any) -> None:
+    def __init__(self, engine: SessionEngine, handle: str, user_id: Any, jwt_payload: Any) -> None:
         self._engine = engine
         #: The session's handle (a UUID4 string).
         self.handle = handle

@@ -246,7 +246,7 @@ class Storage:
         return self._pool
 
     @classmethod
-    async def open(cls, pg: PostgresConfig, pool: Any = None) -> "Storage":
+    async def open(cls, pg: PostgresConfig, pool: Any = None) -> Storage:
         """Open a pool (unless one is given) and create the tables if missing.
 
         Fails fast with :class:`StorageUnavailableError` when the server is

@@ -50,7 +50,7 @@ class SuperTokens:
         clock: Optional[Clock] = None,
         start_cleanup: bool = True,
         cache_size: int = DEFAULT_MAX_ENTRIES,
-    ) -> "SuperTokens":
+    ) -> SuperTokens:
         """Validate ``config``, connect, create tables, load keys, schedule cleanup.
 
         ``clock`` replaces the wall clock (tests); ``cache_size`` bounds the
@@ -73,6 +73,28 @@ class SuperTokens:
         if start_cleanup:
             cleanup.start()
         return cls(cfg, storage, keys, engine, cleanup, clock, logger)
+
+    # -- administration (no request needed) -----------------------------------
+
+    async def revoke_session_using_session_handle(self, session_handle: str) -> bool:
+        """Delete one session; True if it existed."""
+        return await self.engine.revoke_session(session_handle)
+
+    async def revoke_all_sessions_for_user(self, user_id: Any) -> list[str]:
+        """Delete every session of ``user_id``; the handles that were deleted."""
+        return await self.engine.revoke_all_sessions_for_user(user_id)
+
+    async def get_all_session_handles_for_user(self, user_id: Any) -> list[str]:
+        """Handles of the live sessions of ``user_id``."""
+        return await self.engine.get_all_session_handles_for_user(user_id)
+
+    async def get_session_info(self, session_handle: str) -> Any:
+        """The session's info; :class:`UnauthorisedError` if there is no such session."""
+        return await self.engine.get_session_info(session_handle)
+
+    async def update_session_info(self, session_handle: str, info: Any) -> None:
+        """Replace the session's info; :class:`UnauthorisedError` if there is none."""
+        await self.engine.update_session_info(session_handle, info)
 
     async def close(self) -> None:
         """Stop the cleanup job and close the pool if this instance opened it."""

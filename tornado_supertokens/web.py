@@ -277,6 +277,9 @@ class RefreshHandler(_SessionErrorResponses):
     it, a request the browser marks as cross-site (``Sec-Fetch-Site``) or from
     a foreign ``Origin`` is refused with 403, touching no token and no cookie.
     Clients that are not browsers send neither and are accepted.
+
+    A subclass that overrides ``prepare()`` must call ``await super().prepare()``
+    first, or it loses this check.
     """
 
     def check_xsrf_cookie(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import sys
 import uuid
 from pathlib import Path
@@ -15,6 +16,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tornado_supertokens.supertokens import SuperTokens  # noqa: E402
 
 import pg  # noqa: E402
+
+
+def pytest_collection_modifyitems(config: Any, items: list) -> None:
+    """Tests marked ``slow`` run only with ``RUN_SLOW=1`` or when ``-m`` names them."""
+    if os.environ.get("RUN_SLOW") == "1" or "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with RUN_SLOW=1 or -m slow (make cleanup-bench)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

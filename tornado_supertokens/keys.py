@@ -7,6 +7,18 @@ name for the same interval and inserts it only if absent, so all of them
 agree on one key per interval without any race. Older keys stay in memory
 for as long as a token they signed can still be unexpired, and the JWT
 header's ``kid`` picks the key, so a rotation sends nobody to refresh.
+
+The next interval's key is made ahead of time: a signing in the last
+:data:`NEXT_KEY_LEAD_MS` of an interval also creates (insert-if-absent) the
+next key and keeps it in memory, unused. So when another process, whose
+clock runs ahead by less than that, signs with the new key first, a process
+that has been signing verifies those tokens without a database look-up; and
+at the boundary the switch to the new key needs no database either. (A
+process that signed nothing in that window falls back to one rate-limited
+look-up of the unknown neighbouring kid.) If the database is unavailable
+when a rotation is due, signing goes on with the current key (its tokens
+stay valid everywhere) and the rotation is retried every
+:data:`ROTATION_RETRY_MS` until it succeeds.
 """
 
 from __future__ import annotations
@@ -29,6 +41,9 @@ STATIC_KID = "static"
 ROTATION_RETRY_MS = 5_000
 #: At most one database look-up per this period for a kid from the near future.
 UNKNOWN_KID_LOOKUP_MS = 1_000
+#: How long before an interval ends a signing also creates the next interval's key
+#: (the clock skew between processes that costs no look-up on the verify path).
+NEXT_KEY_LEAD_MS = 5 * 60_000
 
 
 class KeyManager:
@@ -42,13 +57,18 @@ class KeyManager:
         self._getter = signing.get
         self._dynamic = signing.dynamic
         self._interval_ms = config.key_update_interval_ms
-        self._retention_ms = config.access_token_validity_ms + self._interval_ms
+        self._lead_ms = min(NEXT_KEY_LEAD_MS, self._interval_ms // 2)
+        # A key is needed while a token it signed can be unexpired: it signs
+        # until its interval ends, and may have been created a lead earlier.
+        self._retention_ms = config.access_token_validity_ms + self._interval_ms + self._lead_ms
         self._keys: dict[str, str] = {}  # kid -> key, every key a live token may use
         self._current_kid: Optional[str] = None
         self._current_key: Optional[str] = None
         self._refresh_key: Optional[str] = None
         self._rotation: Optional[asyncio.Future[None]] = None
         self._retry_after_ms = 0
+        self._preloading = False
+        self._preload_retry_after_ms = 0
         self._last_unknown_lookup_ms = -UNKNOWN_KID_LOOKUP_MS
 
     async def start(self) -> None:
@@ -88,6 +108,8 @@ class KeyManager:
                     raise
                 self._retry_after_ms = now + ROTATION_RETRY_MS
                 self._log.error("signing key rotation postponed, database unavailable", exc)
+        elif kid == self._current_kid and self._dynamic:
+            await self._prepare_next_key(now)
         if self._current_kid is None or self._current_key is None:
             raise GeneralError("no signing key loaded")
         return self._current_kid, self._current_key
@@ -127,7 +149,44 @@ class KeyManager:
             return False
         return abs(int(kid) - int(self._current_kid)) == self._interval_ms
 
+    async def _prepare_next_key(self, now: int) -> None:
+        """In the last lead of an interval, create the next interval's key (once)."""
+        next_start = int(self._kid_for(now)) + self._interval_ms
+        next_kid = str(next_start)
+        if (
+            now < next_start - self._lead_ms
+            or next_kid in self._keys
+            or now < self._preload_retry_after_ms
+            or self._preloading  # another signer is at it: do not wait
+        ):
+            return
+        self._preloading = True
+        try:
+            key = await self._storage.insert_key_if_absent(
+                ACCESS_KEY_PREFIX + next_kid, new_key(), now
+            )
+            self._keys[next_kid] = key
+        except (StorageUnavailableError, GeneralError) as exc:
+            # Not needed to sign now: the rotation itself will try again.
+            self._preload_retry_after_ms = now + ROTATION_RETRY_MS
+            self._log.error("creating the next signing key ahead of time failed", exc)
+        finally:
+            self._preloading = False
+
+    def _switch_to_known(self, kid: str) -> bool:
+        """Rotate to a key already in memory (made ahead of time, or learnt): no database."""
+        key = self._keys.get(kid)
+        if key is None:
+            return False
+        self._current_kid, self._current_key = kid, key
+        oldest = self._clock.now_ms() - self._retention_ms
+        self._keys = {k: v for k, v in self._keys.items() if k == kid or _starts_after(k, oldest)}
+        self._log.info(f"access token signing key in use: kid {kid}")
+        return True
+
     async def _rotate(self, kid: str) -> None:
+        if self._switch_to_known(kid):
+            return
         # Single flight: concurrent signers wait for one rotation.
         if self._rotation is not None:
             await asyncio.shield(self._rotation)
@@ -157,6 +216,11 @@ class KeyManager:
         fresh = {name[len(ACCESS_KEY_PREFIX):]: value for name, value, _ in rows}
         if self._current_kid is not None and self._current_key is not None:
             fresh.setdefault(self._current_kid, self._current_key)
+        # Keys learnt meanwhile (the next interval's, made ahead of time while
+        # this read was in flight) are stored ones too: keep them.
+        for kid, value in self._keys.items():
+            if _starts_after(kid, now - self._retention_ms):
+                fresh.setdefault(kid, value)
         self._keys = fresh
 
     async def _user_key(self) -> str | bytes:
@@ -170,3 +234,8 @@ class KeyManager:
         if not isinstance(value, (str, bytes)) or not value:
             raise GeneralError("the configured signing key getter returned no key")
         return value
+
+
+def _starts_after(kid: str, oldest_ms: int) -> bool:
+    """True for a dynamic kid (an interval start) at or after ``oldest_ms``."""
+    return kid.isdigit() and int(kid) >= oldest_ms

@@ -337,3 +337,28 @@ async def test_concurrent_first_start_agrees_on_one_refresh_key(make_st, base_co
     assert [n for n, _, _ in rows].count(REFRESH_KEY_NAME) == 1
     kids = {kid_of(await st.engine.create_new_session("u")) for st in instances}
     assert len(kids) == 1
+
+
+@pytest.mark.gen_test
+async def test_cancelling_the_request_that_rotates_fails_no_other_signer(make_st):
+    clock = ManualClock(hour_start() + HOUR_MS // 2)
+    st = await make_st(ROTATING, clock=clock)
+    gate = asyncio.Event()
+    real_insert = st.storage.insert_key_if_absent
+
+    async def gated_insert(*args: Any, **kwargs: Any) -> str:
+        await gate.wait()  # hold the rotation open (the real insert still runs)
+        return await real_insert(*args, **kwargs)
+
+    st.storage.insert_key_if_absent = gated_insert  # type: ignore[method-assign]
+    clock.advance(ms=HOUR_MS)  # the next signing rotates
+    first = asyncio.ensure_future(st.engine.create_new_session("first"))
+    await asyncio.sleep(0.01)
+    second = asyncio.ensure_future(st.engine.create_new_session("second"))
+    await asyncio.sleep(0.01)
+    first.cancel()
+    gate.set()
+    created = await asyncio.wait_for(second, 10)
+    assert kid_of(created) == str(hour_start() + HOUR_MS)
+    with pytest.raises(asyncio.CancelledError):
+        await first

@@ -187,26 +187,26 @@ class KeyManager:
     async def _rotate(self, kid: str) -> None:
         if self._switch_to_known(kid):
             return
-        # Single flight: concurrent signers wait for one rotation.
-        if self._rotation is not None:
-            await asyncio.shield(self._rotation)
-            return
-        loop = asyncio.get_running_loop()
-        self._rotation = loop.create_future()
-        try:
-            key = await self._storage.insert_key_if_absent(
-                ACCESS_KEY_PREFIX + kid, new_key(), self._clock.now_ms()
-            )
-            self._keys[kid] = key
-            self._current_kid, self._current_key = kid, key
-            await self._load_keys()
-            self._rotation.set_result(None)
-        except BaseException as exc:
-            self._rotation.set_exception(exc)
-            self._rotation.exception()  # mark retrieved: waiters re-raise it
-            raise
-        finally:
-            self._rotation = None
+        # Single flight: concurrent signers share one rotation, which runs in
+        # a task of its own so that cancelling any one of them (the first
+        # included) neither cancels it nor fails the others.
+        if self._rotation is None:
+            self._rotation = asyncio.ensure_future(self._do_rotate(kid))
+            self._rotation.add_done_callback(self._rotation_done)
+        await asyncio.shield(self._rotation)
+
+    def _rotation_done(self, task: asyncio.Future[None]) -> None:
+        self._rotation = None
+        if not task.cancelled():
+            task.exception()  # retrieved: every waiter re-raises it
+
+    async def _do_rotate(self, kid: str) -> None:
+        key = await self._storage.insert_key_if_absent(
+            ACCESS_KEY_PREFIX + kid, new_key(), self._clock.now_ms()
+        )
+        self._keys[kid] = key
+        self._current_kid, self._current_key = kid, key
+        await self._load_keys()
         self._log.info(f"access token signing key in use: kid {kid}")
 
     async def _load_keys(self) -> None:

@@ -7,21 +7,24 @@ validated there, and are composed here as quoted identifiers.
 
 Database failures never leak as driver errors: an unreachable, timed-out or
 read-only database raises :class:`StorageUnavailableError`, anything else
-:class:`GeneralError`. Neither is ever an "unauthorised" verdict.
+:class:`GeneralError`. Neither is ever an "unauthorised" verdict. A statement
+whose connection turns out to be dead (a server restart) runs again, once, on
+a fresh connection; a caller cancelled mid-statement never leaves a connection
+or a half-done statement behind (see "plumbing" in :class:`Storage`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import zlib
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import aiopg
 import psycopg2
 import psycopg2.errors
+import psycopg2.extensions
 from psycopg2 import sql
 
 from .config import PostgresConfig
@@ -53,6 +56,43 @@ _UNAVAILABLE = (
     ConnectionError,
     OSError,
 )
+
+#: Statements whose retry after a broken connection may meet a unique
+#: violation that only means the first attempt committed: the session handle
+#: is a random UUID4, so nobody else inserted that row.
+_RETRY_UNIQUE_VIOLATION_IS_SUCCESS = frozenset({"insert_session"})
+
+
+class _Job:
+    """One statement to run, and what its caller knows about it."""
+
+    __slots__ = ("name", "params", "abandoned")
+
+    def __init__(self, name: str, params: Any) -> None:
+        self.name = name
+        self.params = params
+        #: The caller was cancelled: send nothing more for it (no first try, no retry).
+        self.abandoned = False
+
+
+class _ConnectionBroken(Exception):
+    """A statement failed because its connection is gone (server restart, network)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+async def _execute_on(cur: Any, operation: str, params: Any) -> None:
+    try:
+        await cur.execute(operation, params)
+    except asyncio.CancelledError as exc:
+        # aiopg turns the server's "canceling statement due to statement
+        # timeout" into CancelledError (statements here are never cancelled
+        # from outside: see Storage._execute). Report it as the timeout it is.
+        if isinstance(exc.__context__, psycopg2.extensions.QueryCanceledError):
+            raise exc.__context__ from None
+        raise
 
 
 @dataclass(frozen=True)
@@ -218,12 +258,15 @@ class _Statements:
         ).format(s=s)
         # One bounded batch of cleanup, only by the process holding this
         # table's cleanup lock for this transaction (instances on other tables
-        # clean at the same time); expiry judged by the database clock.
+        # clean at the same time); expiry judged by the database clock
+        # (statement_timestamp(), stable within the statement, so the expiry
+        # index serves the range scan: clock_timestamp() would force a full scan).
         self.delete_expired_batch = q(
             "WITH lock AS (SELECT pg_try_advisory_xact_lock(%(lock)s, %(table_lock)s) AS got),"
             " doomed AS (SELECT session_handle FROM {s}"
-            "  WHERE expires_at < (extract(epoch from clock_timestamp()) * 1000)::bigint"
+            "  WHERE expires_at < (extract(epoch from statement_timestamp()) * 1000)::bigint"
             "  AND (SELECT got FROM lock)"
+            "  ORDER BY expires_at"
             "  LIMIT %(limit)s FOR UPDATE SKIP LOCKED),"
             " gone AS (DELETE FROM {s} WHERE session_handle IN (SELECT session_handle FROM doomed)"
             "  RETURNING 1)"
@@ -240,6 +283,8 @@ class Storage:
         self._composed = _Statements(keys_table, sessions_table)
         self._cleanup_table_lock = _table_lock_id(sessions_table)
         self._rendered: dict[str, str] = {}
+        #: Statements running (shielded from their callers' cancellation).
+        self._in_flight: set[asyncio.Task[list[tuple]]] = set()
 
     @property
     def pool(self) -> Any:
@@ -275,38 +320,113 @@ class Storage:
         return storage
 
     async def close(self) -> None:
+        """Close the pool if this storage opened it; wait for statements still running.
+
+        (Statements whose callers were cancelled finish on their own, within
+        the server-side timeouts.)
+        """
         if self._owns_pool:
             self._pool.close()
             await self._pool.wait_closed()
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
 
     # -- plumbing ---------------------------------------------------------
+    #
+    # Cancellation. aiopg reacts to a task cancelled inside ``cursor.execute``
+    # by closing the connection under the statement: the server goes on
+    # running it (and may commit it) on a backend the pool no longer counts,
+    # and the next caller pays for a new connection. A task cancelled while
+    # waiting in ``pool.acquire()`` just after the pool woke it, or while
+    # awaiting the release's wake-up task, swallows the pool's notification
+    # (seen on Python 3.11), and another waiter starves until the pool
+    # timeout with a connection free.
+    # So the library never lets a caller's cancellation reach aiopg: each
+    # statement runs in a task of its own, shielded from its caller. A caller
+    # cancelled before its statement was sent gets CancelledError at once,
+    # and its connection, when it arrives, goes straight back to the pool
+    # unused; one cancelled after that gets CancelledError at once too, while
+    # the statement finishes (bounded by the server-side timeouts) and
+    # returns its connection. Every statement is a single autocommit
+    # statement, so the database ends up in its before or its after state,
+    # and no lock outlives the statement that took it.
+    #
+    # Broken connections. After a server restart every idle pooled connection
+    # is dead, and aiopg only finds out when it is used. A statement that
+    # fails because its connection broke (the connection is closed after the
+    # error) discards the pool's idle connections and runs again, once, on a
+    # fresh one. Every statement here is safe to run twice (see
+    # ``_RETRY_UNIQUE_VIOLATION_IS_SUCCESS`` for the one insert). Timeouts
+    # and query errors leave the connection open and are never retried.
 
-    @contextlib.asynccontextmanager
-    async def _cursor(self) -> AsyncIterator[Any]:
+    async def _execute(self, name: str, params: Any = None) -> Sequence[tuple]:
         if getattr(self._pool, "closed", False):
             raise StorageUnavailableError("database unavailable: the pool is closed")
+        job = _Job(name, params)
+        task = asyncio.ensure_future(self._run(job))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
         try:
-            async with self._pool.acquire() as conn:
-                if not self._rendered:
-                    self._render(conn)
-                async with conn.cursor() as cur:
-                    yield cur
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            job.abandoned = True  # if not sent yet, it never will be
+            raise
+
+    async def _run(self, job: _Job) -> list[tuple]:
+        """Run ``job`` (retried once on a broken connection); library errors only."""
+        try:
+            try:
+                return await self._attempt(job)
+            except _ConnectionBroken as broken:
+                if job.abandoned:
+                    raise broken.error from None
+            await self._discard_idle_connections()
+            try:
+                return await self._attempt(job)
+            except psycopg2.errors.UniqueViolation:
+                if job.name in _RETRY_UNIQUE_VIOLATION_IS_SUCCESS:
+                    return []  # the first attempt committed before its connection broke
+                raise
+            except _ConnectionBroken as broken:
+                raise broken.error from None
         except _UNAVAILABLE as exc:
             raise StorageUnavailableError(f"database unavailable: {_first_line(exc)}") from None
         except psycopg2.Error as exc:
             raise GeneralError(f"database error: {type(exc).__name__}") from exc
+        except RuntimeError:
+            if getattr(self._pool, "_closing", False):  # aiopg: acquire after close()
+                raise StorageUnavailableError("database unavailable: the pool is closed") from None
+            raise
+
+    async def _attempt(self, job: _Job) -> list[tuple]:
+        """One try on one pooled connection."""
+        async with self._pool.acquire() as conn:
+            if job.abandoned:
+                return []  # the caller was cancelled while waiting: send nothing
+            if not self._rendered:
+                self._render(conn)
+            try:
+                async with conn.cursor() as cur:
+                    await _execute_on(cur, self._rendered[job.name], job.params)
+                    if cur.description is None:
+                        return []
+                    return list(await cur.fetchall())
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                if not conn.closed:
+                    raise  # a timeout or a query error: the connection is fine
+                conn.close()  # release it from the IOLoop now, not at garbage collection
+                raise _ConnectionBroken(exc) from exc
+
+    async def _discard_idle_connections(self) -> None:
+        """Close the pool's idle connections: after a broken one, they likely are too."""
+        clear = getattr(self._pool, "clear", None)
+        if clear is not None:
+            await clear()
 
     def _render(self, conn: Any) -> None:
         raw = conn.raw if hasattr(conn, "raw") else conn
         for name, value in vars(self._composed).items():
             self._rendered[name] = value.as_string(raw)
-
-    async def _execute(self, name: str, params: Any = None) -> Sequence[tuple]:
-        async with self._cursor() as cur:
-            await cur.execute(self._rendered[name], params)
-            if cur.description is None:
-                return []
-            return list(await cur.fetchall())
 
     # -- schema and keys ----------------------------------------------------
 

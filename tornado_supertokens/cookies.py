@@ -8,7 +8,7 @@ session is cleared).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 from urllib.parse import quote, unquote
 
 from .config import Config
@@ -41,29 +41,74 @@ class CookieError(ValueError):
     """A session cookie is malformed or oversized."""
 
 
-def read_cookie_values(handler: RequestHandler, name: str) -> list[str]:
-    """Every value of cookie ``name`` in the request, URL-decoded, in order.
+_SESSION_COOKIES = frozenset({ACCESS_TOKEN_COOKIE, REFRESH_TOKEN_COOKIE, ID_REFRESH_TOKEN_COOKIE})
+_PARSED_ATTRIBUTE = "_tornado_supertokens_cookies"
 
-    Reads the raw ``Cookie`` headers (Tornado's parser keeps only the last of
-    duplicates). Raises :class:`CookieError` for oversized values.
+
+def _session_cookies(handler: RequestHandler) -> dict[str, Any]:
+    """The session cookies of the request, parsed once and kept on the handler.
+
+    Maps each name to its list of distinct URL-decoded values, or to the
+    :class:`CookieError` that reading it raised. Reads the raw ``Cookie``
+    headers: Tornado's parser keeps only the last of duplicates.
     """
-    values: list[str] = []
+    parsed: Optional[dict[str, Any]] = getattr(handler, _PARSED_ATTRIBUTE, None)
+    if parsed is not None:
+        return parsed
+    parsed = {}
     for header in handler.request.headers.get_list("Cookie"):
         for chunk in header.split(";"):
-            key, sep, value = chunk.strip().partition("=")
-            if not sep or key.strip() != name:
+            key, sep, value = chunk.partition("=")
+            key = key.strip()
+            if not sep or key not in _SESSION_COOKIES:
+                continue
+            values = parsed.setdefault(key, [])
+            if isinstance(values, CookieError):
                 continue
             value = value.strip()
             if len(value) >= 2 and value[0] == value[-1] == '"':
                 value = value[1:-1]
             if len(value) > MAX_COOKIE_VALUE_LENGTH:
-                raise CookieError(f"cookie {name} is too large")
-            decoded = unquote(value)
-            if decoded and decoded not in values:
-                values.append(decoded)
-            if len(values) > MAX_DUPLICATES:
-                raise CookieError(f"too many {name} cookies")
-    return values
+                parsed[key] = CookieError(f"cookie {key} is too large")
+                continue
+            if "%" in value:
+                value = unquote(value)
+            if value and value not in values:
+                values.append(value)
+                if len(values) > MAX_DUPLICATES:
+                    parsed[key] = CookieError(f"too many {key} cookies")
+    setattr(handler, _PARSED_ATTRIBUTE, parsed)
+    return parsed
+
+
+def read_cookie_values(handler: RequestHandler, name: str) -> list[str]:
+    """Every distinct value of session cookie ``name`` in the request, in order.
+
+    Raises :class:`CookieError` for an oversized value or too many duplicates.
+    """
+    if name not in _SESSION_COOKIES:
+        raise ValueError(f"{name} is not a session cookie")
+    values = _session_cookies(handler).get(name, ())
+    if isinstance(values, CookieError):
+        raise values
+    return list(values)
+
+
+def single_access_token(handler: RequestHandler) -> Optional[str]:
+    """The access token when the request carries exactly one, and an
+    sIdRefreshToken, with nothing malformed; ``None`` otherwise (the caller
+    then takes the full path, which reports what is wrong)."""
+    parsed = _session_cookies(handler)
+    access = parsed.get(ACCESS_TOKEN_COOKIE)
+    id_refresh = parsed.get(ID_REFRESH_TOKEN_COOKIE)
+    if (
+        type(access) is list
+        and len(access) == 1
+        and type(id_refresh) is list
+        and id_refresh
+    ):
+        return access[0]
+    return None
 
 
 def read_cookie(handler: RequestHandler, name: str) -> Optional[str]:

@@ -72,8 +72,14 @@ class SessionTokens:
     anti_csrf_token: Optional[str] = None
 
 
+#: What a verify that re-issues nothing returns.
+NO_NEW_TOKENS = SessionTokens()
+
+
 class Session:
     """One verified session: who it is, and operations on it."""
+
+    __slots__ = ("_engine", "handle", "user_id", "jwt_payload")
 
     def __init__(self, engine: SessionEngine, handle: str, user_id: Any, jwt_payload: Any) -> None:
         self._engine = engine
@@ -150,6 +156,8 @@ class SessionEngine:
         self._access_validity_ms = config.access_token_validity_ms
         self._refresh_validity_ms = config.refresh_token_validity_ms
         self._grace_ms = config.rotation_grace_ms
+        #: A cache hit settles a verify (no per-request database or key check).
+        self._cache_is_enough = not self._blacklisting and not keys.uses_getter
 
     # -- create ---------------------------------------------------------------
 
@@ -212,13 +220,7 @@ class SessionEngine:
         now = self._clock.now_ms()
         payload = await self._verify_access_token(access_token, now)
         if self._anti_csrf and do_anti_csrf_check:
-            expected = payload.anti_csrf_token
-            if (
-                expected is None
-                or not isinstance(anti_csrf_token, str)
-                or not hmac.compare_digest(expected.encode(), anti_csrf_token.encode())
-            ):
-                raise TryRefreshTokenError("anti-csrf check failed")
+            self._check_anti_csrf(payload, anti_csrf_token)
         session = Session(self, payload.session_handle, payload.user_id, payload.user_data)
 
         if payload.parent_refresh_token_hash2 is None:
@@ -226,7 +228,7 @@ class SessionEngine:
                 payload.session_handle, now
             ):
                 raise UnauthorisedError("session has been revoked")
-            return SessionResult(session, SessionTokens())
+            return SessionResult(session, NO_NEW_TOKENS)
 
         # First use of a child refresh token's access token: make the child current.
         promoted = await self._storage.promote(
@@ -244,6 +246,39 @@ class SessionEngine:
             raise UnauthorisedError("session is over")
         access = await self._new_access_token(replace(payload, parent_refresh_token_hash2=None), now)
         return SessionResult(session, SessionTokens(access_token=access))
+
+    def get_session_if_cached(
+        self,
+        access_token: str,
+        anti_csrf_token: Optional[str],
+        do_anti_csrf_check: bool,
+    ) -> Optional[Session]:
+        """:meth:`get_session` without awaiting, when it needs no I/O at all.
+
+        Returns the session for an access token already verified by this
+        process (and still unexpired), ``None`` when the full path must run
+        (not cached, blacklisting on, or a user-supplied key). Anti-CSRF is
+        checked as on the full path.
+        """
+        if not self._cache_is_enough:
+            return None
+        cached = self._cache.get(access_token, self._clock.now_ms())
+        if cached is None:
+            return None
+        payload = cached[0]
+        if self._anti_csrf and do_anti_csrf_check:
+            self._check_anti_csrf(payload, anti_csrf_token)
+        return Session(self, payload.session_handle, payload.user_id, payload.user_data)
+
+    @staticmethod
+    def _check_anti_csrf(payload: AccessTokenPayload, presented: Optional[str]) -> None:
+        expected = payload.anti_csrf_token
+        if (
+            expected is None
+            or not isinstance(presented, str)
+            or not hmac.compare_digest(expected.encode(), presented.encode())
+        ):
+            raise TryRefreshTokenError("anti-csrf check failed")
 
     # -- refresh --------------------------------------------------------------------
 

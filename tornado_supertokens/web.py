@@ -44,8 +44,13 @@ def instance_for(handler: tornado.web.RequestHandler) -> SuperTokens:
 class WebSession(Session):
     """A :class:`Session` bound to the request it came from."""
 
+    __slots__ = ("_handler", "_st")
+
     def __init__(self, session: Session, handler: tornado.web.RequestHandler, st: SuperTokens) -> None:
-        super().__init__(session._engine, session.handle, session.user_id, session.jwt_payload)
+        self._engine = session._engine
+        self.handle = session.handle
+        self.user_id = session.user_id
+        self.jwt_payload = session.jwt_payload
         self._handler = handler
         self._st = st
 
@@ -98,18 +103,7 @@ async def get_session(
     """
     st = instance_for(handler)
     try:
-        try:
-            id_refresh = cookies.read_cookie_values(handler, cookies.ID_REFRESH_TOKEN_COOKIE)
-        except cookies.CookieError:
-            raise TryRefreshTokenError("malformed sIdRefreshToken cookie") from None
-        if not id_refresh:
-            raise UnauthorisedError("no session: sIdRefreshToken cookie missing")
-        try:
-            candidates = cookies.read_cookie_values(handler, cookies.ACCESS_TOKEN_COOKIE)
-        except cookies.CookieError:
-            raise TryRefreshTokenError("malformed sAccessToken cookie") from None
-        if not candidates:
-            raise TryRefreshTokenError("access token missing")
+        candidates = _access_token_candidates(handler)
         anti_csrf = cookies.read_anti_csrf_header(handler)
         result = None
         for i, token in enumerate(candidates):
@@ -127,6 +121,37 @@ async def get_session(
     if result.tokens.access_token is not None:
         cookies.set_access_token(handler, st.config, result.tokens.access_token)
     return WebSession(result.session, handler, st)
+
+
+def _access_token_candidates(handler: tornado.web.RequestHandler) -> list[str]:
+    """The request's access token(s), after the cookie checks of the wire contract."""
+    try:
+        id_refresh = cookies.read_cookie_values(handler, cookies.ID_REFRESH_TOKEN_COOKIE)
+    except cookies.CookieError:
+        raise TryRefreshTokenError("malformed sIdRefreshToken cookie") from None
+    if not id_refresh:
+        raise UnauthorisedError("no session: sIdRefreshToken cookie missing")
+    try:
+        candidates = cookies.read_cookie_values(handler, cookies.ACCESS_TOKEN_COOKIE)
+    except cookies.CookieError:
+        raise TryRefreshTokenError("malformed sAccessToken cookie") from None
+    if not candidates:
+        raise TryRefreshTokenError("access token missing")
+    return candidates
+
+
+def _session_if_cached(
+    handler: tornado.web.RequestHandler, st: SuperTokens, enable_csrf_protection: bool
+) -> Optional[WebSession]:
+    """The request's session without any await, when this process already verified
+    its access token; ``None`` sends the caller down the full path."""
+    token = cookies.single_access_token(handler)
+    if token is None:
+        return None
+    session = st.engine.get_session_if_cached(
+        token, cookies.read_anti_csrf_header(handler), enable_csrf_protection
+    )
+    return WebSession(session, handler, st) if session is not None else None
 
 
 async def refresh_session(handler: tornado.web.RequestHandler) -> WebSession:
@@ -157,6 +182,23 @@ def set_relevant_headers_for_options_api(handler: tornado.web.RequestHandler) ->
 
 
 # -- handlers ------------------------------------------------------------------
+
+
+_UPPER_CACHE: dict[Any, frozenset[str]] = {}
+
+
+def _upper(methods: Collection[str]) -> frozenset[str]:
+    """``methods`` upper-cased, memoised for the (few) class attributes it is given."""
+    try:
+        return _UPPER_CACHE[methods]
+    except (KeyError, TypeError):  # TypeError: an unhashable collection
+        upper = frozenset(m.upper() for m in methods)
+        try:
+            if len(_UPPER_CACHE) < 256:
+                _UPPER_CACHE[methods] = upper
+        except TypeError:
+            pass
+        return upper
 
 
 class _SessionErrorResponses(tornado.web.RequestHandler):
@@ -238,14 +280,14 @@ class SessionRequestHandler(_SessionErrorResponses):
         required = self.session_required
         if isinstance(required, bool):
             return required
-        return method.upper() in {m.upper() for m in required}
+        return method.upper() in _upper(required)
 
     def anti_csrf_check_for(self, method: str) -> bool:
-        return method.upper() in {m.upper() for m in self.anti_csrf_methods}
+        return method.upper() in _upper(self.anti_csrf_methods)
 
     async def prepare(self) -> None:
         parent = super().prepare()
-        if inspect.isawaitable(parent):
+        if parent is not None and inspect.isawaitable(parent):
             await parent
         if self._finished:
             return
@@ -254,7 +296,11 @@ class SessionRequestHandler(_SessionErrorResponses):
         if method == "OPTIONS":
             return  # preflights carry no credentials
         try:
-            self.session = await get_session(self, self.anti_csrf_check_for(method))
+            csrf = self.anti_csrf_check_for(method)
+            # A token this process verified before costs a look-up, no await.
+            self.session = _session_if_cached(self, instance_for(self), csrf) or await get_session(
+                self, csrf
+            )
         except UnauthorisedError as exc:
             if self.session_required_for(method):
                 self.respond_to_session_error(exc)

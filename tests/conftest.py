@@ -11,6 +11,11 @@ from typing import Any, Awaitable, Callable, Optional
 
 import pytest
 
+try:  # imported here, at a shallow stack: CPython 3.11.7's parser can fail
+    import hypothesis  # noqa: F401  (SystemError) when it is first imported deep
+except ImportError:  # inside a test module's collection.
+    pass
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 from tornado_supertokens.supertokens import SuperTokens  # noqa: E402

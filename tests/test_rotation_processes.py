@@ -251,14 +251,19 @@ def test_rotation_across_three_processes_with_clock_skew(pg_params, table_suffix
             {"op": "refresh", "tokens": [t["refresh"] for t in phase2[2]]},
             {"op": "refresh", "tokens": [t["refresh"] for t in phase2[0]]},
         ])
-        assert answers[0] is not None and answers[0]["statements"] == 4
+        # Concurrent creates (and refreshes) of one process may share statements
+        # (storage coalesces them): at most one each, none on the key table.
+        assert answers[0] is not None and 1 <= answers[0]["statements"] <= 4
+        assert key_statements(answers[0], tables["signingKey"]) == 0
         for answer in answers[1:]:
-            assert answer is not None and answer["statements"] == 3 + 3
+            assert answer is not None and 2 <= answer["statements"] <= 3 + 3
+            assert key_statements(answer, tables["signingKey"]) == 0
         answers += in_parallel(procs, [{"op": "create", "n": 4}] * 3)
         phase4 = created(answers)
         assert {t["kid"] for batch in phase4 for t in batch} == {str(k1)}
         for answer in answers[3:]:
-            assert answer is not None and answer["statements"] == 4
+            assert answer is not None and 1 <= answer["statements"] <= 4
+            assert key_statements(answer, tables["signingKey"]) == 0
         verify_everywhere(procs, tokens)
         # Exactly one new key row for the new interval.
         assert access_key_names(pg_params, tables["signingKey"]) == names_for(k0, k1)

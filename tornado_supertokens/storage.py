@@ -27,6 +27,7 @@ import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql
 
+from .coalesce import Coalescer
 from .config import PostgresConfig
 from .exceptions import GeneralError, StorageUnavailableError
 
@@ -60,7 +61,7 @@ _UNAVAILABLE = (
 #: Statements whose retry after a broken connection may meet a unique
 #: violation that only means the first attempt committed: the session handle
 #: is a random UUID4, so nobody else inserted that row.
-_RETRY_UNIQUE_VIOLATION_IS_SUCCESS = frozenset({"insert_session"})
+_RETRY_UNIQUE_VIOLATION_IS_SUCCESS = frozenset({"insert_sessions"})
 
 
 class _Job:
@@ -187,9 +188,13 @@ class _Statements:
         self.delete_keys_before = q(
             "DELETE FROM {k} WHERE name LIKE %(prefix)s AND created_at_time < %(before)s"
         ).format(k=k)
-        self.insert_session = q(
+        # Each of the next three statements serves a batch of concurrent
+        # requests (see coalesce.py): parallel arrays, one element each.
+        self.insert_sessions = q(
             "INSERT INTO {s} (session_handle, user_id, refresh_token_hash_2, session_info,"
-            " expires_at, jwt_user_payload) VALUES (%s, %s, %s, %s, %s, %s)"
+            " expires_at, jwt_user_payload)"
+            " SELECT * FROM unnest(%(handles)s::varchar[], %(users)s::varchar[],"
+            " %(h2s)s::char(64)[], %(infos)s::text[], %(exps)s::bigint[], %(payloads)s::text[])"
         ).format(s=s)
         # Refresh and promotion in one statement. The presented token (own
         # hash t2, parent's hash p2) passes if it is the stored one, its child
@@ -209,17 +214,26 @@ class _Statements:
             " ELSE recent_hashes END"
         )
         self.rotate = q(
-            "UPDATE {s} SET recent_hashes = {remember},"
-            " refresh_token_hash_2 = CASE WHEN refresh_token_hash_2 = %(p2)s"
-            "  THEN %(t2)s ELSE refresh_token_hash_2 END,"
-            " expires_at = %(expires_at)s"
-            " WHERE session_handle = %(handle)s AND user_id = %(user_id)s"
-            " AND expires_at > %(now)s"
-            " AND (refresh_token_hash_2 IN (%(t2)s, %(p2)s)"
-            "  OR (recent_hashes ->> %(t2)s)::bigint > %(since)s"
-            "  OR (recent_hashes ->> %(p2)s)::bigint > %(since)s)"
-            " RETURNING refresh_token_hash_2, jwt_user_payload"
-        ).format(s=s, remember=remember)
+            "UPDATE {s} AS t SET recent_hashes = CASE WHEN t.refresh_token_hash_2 = v.p2 THEN"
+            "  COALESCE((SELECT jsonb_object_agg(r.key, r.value) FROM"
+            "   (SELECT key, value FROM jsonb_each(t.recent_hashes)"
+            "    WHERE value::bigint > v.since ORDER BY value::bigint DESC"
+            "    LIMIT %(keep)s) r), '{{}}'::jsonb)"
+            "  || jsonb_build_object(t.refresh_token_hash_2, v.now)"
+            "  ELSE t.recent_hashes END,"
+            " refresh_token_hash_2 = CASE WHEN t.refresh_token_hash_2 = v.p2"
+            "  THEN v.t2 ELSE t.refresh_token_hash_2 END,"
+            " expires_at = v.expires_at"
+            " FROM unnest(%(handles)s::varchar[], %(users)s::varchar[], %(t2s)s::text[],"
+            "  %(p2s)s::text[], %(exps)s::bigint[], %(nows)s::bigint[], %(sinces)s::bigint[])"
+            "  AS v(handle, user_id, t2, p2, expires_at, now, since)"
+            " WHERE t.session_handle = v.handle AND t.user_id = v.user_id"
+            " AND t.expires_at > v.now"
+            " AND (t.refresh_token_hash_2 IN (v.t2, v.p2)"
+            "  OR (t.recent_hashes ->> v.t2)::bigint > v.since"
+            "  OR (t.recent_hashes ->> v.p2)::bigint > v.since)"
+            " RETURNING v.handle, t.refresh_token_hash_2, t.jwt_user_payload"
+        ).format(s=s)
         # Promotion by the first request with a child's access token.
         self.promote = q(
             "UPDATE {s} SET recent_hashes = {remember}, refresh_token_hash_2 = %(t2)s"
@@ -228,8 +242,10 @@ class _Statements:
             " AND expires_at > %(now)s"
             " RETURNING session_handle"
         ).format(s=s, remember=remember)
-        self.session_alive = q(
-            "SELECT 1 FROM {s} WHERE session_handle = %(handle)s AND expires_at > %(now)s"
+        self.sessions_alive = q(
+            "SELECT v.handle FROM unnest(%(handles)s::varchar[], %(nows)s::bigint[])"
+            " AS v(handle, now) JOIN {s} AS t ON t.session_handle = v.handle"
+            " AND t.expires_at > v.now"
         ).format(s=s)
         self.delete_live_session = q(
             "DELETE FROM {s} WHERE session_handle = %(handle)s AND user_id = %(user_id)s"
@@ -285,6 +301,14 @@ class Storage:
         self._rendered: dict[str, str] = {}
         #: Statements running (shielded from their callers' cancellation).
         self._in_flight: set[asyncio.Task[list[tuple]]] = set()
+        # Concurrent creates, refreshes and blacklist checks share statements.
+        self._inserts: Coalescer[str, tuple, None] = Coalescer(self._insert_batch)
+        self._rotations: Coalescer[str, tuple, tuple[str, Optional[str]]] = Coalescer(
+            self._rotate_batch
+        )
+        self._alive_checks: Coalescer[str, int, bool] = Coalescer(
+            self._alive_batch, unique_keys=False
+        )
 
     @property
     def pool(self) -> Any:
@@ -325,6 +349,8 @@ class Storage:
         (Statements whose callers were cancelled finish on their own, within
         the server-side timeouts.)
         """
+        for coalescer in (self._inserts, self._rotations, self._alive_checks):
+            await coalescer.wait_idle()
         if self._owns_pool:
             self._pool.close()
             await self._pool.wait_closed()
@@ -463,10 +489,17 @@ class Storage:
         expires_at: int,
         jwt_payload: Optional[str],
     ) -> None:
-        await self._execute(
-            "insert_session",
-            (handle, user_id, refresh_hash2, session_info, expires_at, jwt_payload),
+        await self._inserts.submit(
+            handle, (handle, user_id, refresh_hash2, session_info, expires_at, jwt_payload)
         )
+
+    async def _insert_batch(self, batch: list[tuple[str, tuple]]) -> dict[str, None]:
+        columns = list(zip(*(row for _, row in batch)))
+        await self._execute(
+            "insert_sessions",
+            dict(zip(("handles", "users", "h2s", "infos", "exps", "payloads"), map(list, columns))),
+        )
+        return {}
 
     async def rotate(
         self,
@@ -483,20 +516,20 @@ class Storage:
         Returns ``(current_hash2, jwt_payload)`` after the update, or ``None``
         when the token is not acceptable (or the session is gone or expired).
         """
-        rows = await self._execute(
-            "rotate",
-            {
-                "handle": handle,
-                "user_id": user_id,
-                "t2": own_h2,
-                "p2": parent_h2,
-                "expires_at": expires_at,
-                "now": now_ms,
-                "since": now_ms - grace_ms,
-                "keep": RECENT_HASHES_KEPT,
-            },
+        return await self._rotations.submit(
+            handle, (handle, user_id, own_h2, parent_h2, expires_at, now_ms, now_ms - grace_ms)
         )
-        return (str(rows[0][0]), rows[0][1]) if rows else None
+
+    async def _rotate_batch(
+        self, batch: list[tuple[str, tuple]]
+    ) -> dict[str, tuple[str, Optional[str]]]:
+        columns = list(zip(*(row for _, row in batch)))
+        params: dict[str, Any] = dict(
+            zip(("handles", "users", "t2s", "p2s", "exps", "nows", "sinces"), map(list, columns))
+        )
+        params["keep"] = RECENT_HASHES_KEPT
+        rows = await self._execute("rotate", params)
+        return {str(h): (str(current), payload) for h, current, payload in rows}
 
     async def promote(
         self, handle: str, own_h2: str, parent_h2: str, now_ms: int, grace_ms: int
@@ -516,7 +549,14 @@ class Storage:
         return bool(rows)
 
     async def session_alive(self, handle: str, now_ms: int) -> bool:
-        return bool(await self._execute("session_alive", {"handle": handle, "now": now_ms}))
+        return bool(await self._alive_checks.submit(handle, now_ms))
+
+    async def _alive_batch(self, batch: list[tuple[str, int]]) -> dict[str, bool]:
+        rows = await self._execute(
+            "sessions_alive",
+            {"handles": [h for h, _ in batch], "nows": [now for _, now in batch]},
+        )
+        return {str(r[0]): True for r in rows}
 
     async def delete_live_session(self, handle: str, user_id: str, now_ms: int) -> bool:
         rows = await self._execute(

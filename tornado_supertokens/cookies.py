@@ -8,6 +8,7 @@ session is cleared).
 
 from __future__ import annotations
 
+from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, Optional
 from urllib.parse import quote, unquote
 
@@ -139,19 +140,35 @@ def _set(
     path: str,
     httponly: bool,
 ) -> None:
+    """Write one ``Set-Cookie`` header, replacing one this response already has.
+
+    Written directly rather than through ``RequestHandler.set_cookie`` (whose
+    ``http.cookies`` machinery costs more than the rest of a verify): every
+    part is either URL-encoded here or validated by the configuration.
+    """
     encoded = _encode(value)
     if len(name) + len(encoded) > BROWSER_COOKIE_LIMIT - 200:
         raise GeneralError(f"{name} would exceed the browser cookie size limit (payload too large?)")
-    handler.set_cookie(
-        name,
-        encoded,
-        domain=config.cookie.domain,
-        expires=expires_ms / 1000,
-        path=path,
-        httponly=httponly,
-        secure=config.cookie.secure,
-        samesite=config.cookie.same_site.capitalize(),
-    )
+    parts = [
+        f"{name}={encoded}",
+        f"Domain={config.cookie.domain}",
+        f"expires={formatdate(expires_ms / 1000, usegmt=True)}",
+        f"Path={path}",
+        f"SameSite={config.cookie.same_site.capitalize()}",
+    ]
+    if httponly:
+        parts.append("HttpOnly")
+    if config.cookie.secure:
+        parts.append("Secure")
+    headers = handler._headers  # noqa: SLF001 (Tornado has no remover for one value)
+    existing = headers.get_list("Set-Cookie")
+    prefix = f"{name}="
+    if any(h.startswith(prefix) for h in existing):
+        handler.clear_header("Set-Cookie")
+        for other in existing:
+            if not other.startswith(prefix):
+                handler.add_header("Set-Cookie", other)
+    handler.add_header("Set-Cookie", "; ".join(parts))
 
 
 def _add_exposed(handler: RequestHandler, *names: str) -> None:

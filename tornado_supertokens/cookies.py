@@ -197,9 +197,13 @@ def set_tokens(handler: RequestHandler, config: Config, tokens: SessionTokens) -
         _set(handler, config, ID_REFRESH_TOKEN_COOKIE, idr.value, idr.expires_at,
              config.tokens.access_token.path, httponly=False)
         handler.set_header(ID_REFRESH_TOKEN_HEADER, f"{idr.value};{idr.expires_at}")
-        _add_exposed(handler, ID_REFRESH_TOKEN_HEADER)
     if tokens.anti_csrf_token is not None:
         handler.set_header(ANTI_CSRF_HEADER, tokens.anti_csrf_token)
+    if tokens.id_refresh_token is not None and tokens.anti_csrf_token is not None:
+        _add_exposed(handler, ID_REFRESH_TOKEN_HEADER, ANTI_CSRF_HEADER)
+    elif tokens.id_refresh_token is not None:
+        _add_exposed(handler, ID_REFRESH_TOKEN_HEADER)
+    elif tokens.anti_csrf_token is not None:
         _add_exposed(handler, ANTI_CSRF_HEADER)
 
 

@@ -415,7 +415,7 @@ class SessionEngine:
     async def _new_access_token(self, payload: AccessTokenPayload, now: int) -> TokenInfo:
         expiry = (now + self._access_validity_ms) // 1000 * 1000
         kid, key = await self._keys.signing_key()
-        token = encode_access_token(replace(payload, expiry_ms=expiry), key, kid)
+        token = encode_access_token(payload, key, kid, expiry)
         return TokenInfo(token, expiry)
 
     def _new_refresh_token(self, handle: str, user_id: Any, now: int) -> TokenInfo:

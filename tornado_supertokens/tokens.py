@@ -78,14 +78,22 @@ class AccessTokenPayload:
     expiry_ms: int
 
 
-def encode_access_token(payload: AccessTokenPayload, key: str | bytes, kid: Optional[str]) -> str:
-    """Sign ``payload`` as a standard HS256 JWT (``exp`` in whole seconds)."""
+def encode_access_token(
+    payload: AccessTokenPayload,
+    key: str | bytes,
+    kid: Optional[str],
+    expiry_ms: Optional[int] = None,
+) -> str:
+    """Sign ``payload`` as a standard HS256 JWT (``exp`` in whole seconds).
+
+    ``expiry_ms``, when given, replaces ``payload.expiry_ms``.
+    """
     claims: dict[str, Any] = {
         "sessionHandle": payload.session_handle,
         "userId": payload.user_id,
         "refreshTokenHash1": payload.refresh_token_hash1,
         "userData": payload.user_data,
-        "exp": payload.expiry_ms // 1000,
+        "exp": (payload.expiry_ms if expiry_ms is None else expiry_ms) // 1000,
     }
     if payload.parent_refresh_token_hash2 is not None:
         claims["parentRefreshTokenHash2"] = payload.parent_refresh_token_hash2

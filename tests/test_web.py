@@ -574,3 +574,22 @@ async def test_same_origin_and_sdk_refresh_are_accepted(make_st):
             "Origin": "https://app.example", "Sec-Fetch-Site": "cross-site",
             "supertokens-sdk-name": "website"})
         assert r.code == 200
+
+
+@pytest.mark.gen_test
+async def test_a_verified_request_leaves_no_reference_cycle(make_st):
+    """Handler and session must not form a cycle: every request would then
+    wait for the cyclic garbage collector (a measurable cost per request)."""
+    import gc
+
+    async with running(make_st) as (client, _):
+        await client.login("gc")
+        await client.call("GET", "/api/me")
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(30):
+                assert (await client.call("GET", "/api/me")).code == 200
+            assert gc.collect() < 30  # with a cycle: dozens of objects per request
+        finally:
+            gc.enable()

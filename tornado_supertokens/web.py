@@ -14,6 +14,7 @@ database is 503 and anything else 500, cookies kept, no traceback sent.
 from __future__ import annotations
 
 import inspect
+import weakref
 from typing import Any, Collection, Optional, Union
 from urllib.parse import urlsplit
 
@@ -51,13 +52,18 @@ class WebSession(Session):
         self.handle = session.handle
         self.user_id = session.user_id
         self.jwt_payload = session.jwt_payload
-        self._handler = handler
+        # A weak reference: the handler holds the session (self.session,
+        # current_user), and a cycle would leave every request to the cyclic
+        # garbage collector.
+        self._handler = weakref.ref(handler)
         self._st = st
 
     async def revoke_session(self) -> bool:
         """Delete the session and clear the request's cookies (even if it was gone)."""
         existed = await super().revoke_session()
-        cookies.clear_session(self._handler, self._st.config)
+        handler = self._handler()
+        if handler is not None and not handler._finished:
+            cookies.clear_session(handler, self._st.config)
         return existed
 
 

@@ -147,7 +147,13 @@ class KeyManager:
         now = self._clock.now_ms()
         if now - self._last_unknown_lookup_ms < UNKNOWN_KID_LOOKUP_MS:
             return False
-        return abs(int(kid) - int(self._current_kid)) == self._interval_ms
+        # Judged against this process's own clock, not the key it last signed
+        # with: a process that signed nothing for intervals must still learn
+        # the key the others use now.
+        start = int(kid)
+        if start % self._interval_ms:
+            return False  # not an interval's start: no key was ever made under it
+        return abs(start - int(self._kid_for(now))) <= self._interval_ms
 
     async def _prepare_next_key(self, now: int) -> None:
         """In the last lead of an interval, create the next interval's key (once)."""

@@ -81,6 +81,13 @@ class Authenticated(st.SessionRequestHandler):
         self.write({"user": self.current_user.user_id})
 
 
+class Broken(st.SessionRequestHandler):
+    anti_csrf_methods = ()
+
+    async def get(self) -> None:
+        raise st.GeneralError("a bug, with secret internals")
+
+
 class Options(tornado.web.RequestHandler):
     def options(self) -> None:
         self.set_header("Access-Control-Allow-Headers", "content-type")
@@ -108,6 +115,7 @@ def make_app(instance: st.SuperTokens, **settings: Any) -> tornado.web.Applicati
             (r"/api/logout", Logout),
             (r"/api/authenticated", Authenticated),
             (r"/api/options", Options),
+            (r"/api/broken", Broken),
             (r"/api/refresh", TheftAware),
         ],
         supertokens=instance,
@@ -593,3 +601,14 @@ async def test_a_verified_request_leaves_no_reference_cycle(make_st):
             assert gc.collect() < 30  # with a cycle: dozens of objects per request
         finally:
             gc.enable()
+
+
+@pytest.mark.gen_test
+async def test_general_error_is_500_with_cookies_kept_and_no_internals(make_st):
+    async with running(make_st) as (client, _):
+        await client.login("bug")
+        r = await client.call("GET", "/api/broken")
+    assert r.code == 500
+    assert json.loads(r.body) == {"message": "internal error", "type": "GENERAL_ERROR"}
+    assert "Set-Cookie" not in r.headers and "id-refresh-token" not in r.headers
+    assert b"secret internals" not in r.body and b"Traceback" not in r.body

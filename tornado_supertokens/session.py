@@ -238,14 +238,30 @@ class SessionEngine:
             now_ms=now,
             grace_ms=self._grace_ms,
         )
-        if not promoted:
+        if promoted is None:
             # A sibling of the current token (parallel refreshes): its refresh
             # token decides, through refresh_session, between a successor and theft.
             if await self._storage.session_alive(payload.session_handle, now):
                 raise TryRefreshTokenError("refresh token superseded: refresh again")
             raise UnauthorisedError("session is over")
         access = await self._new_access_token(replace(payload, parent_refresh_token_hash2=None), now)
-        return SessionResult(session, SessionTokens(access_token=access))
+        # The response also carries a fresh child of the now-current token, so
+        # that the client's access and refresh tokens always come from one
+        # response: the re-issued access token must never sit beside a losing
+        # sibling's refresh token, which would be judged theft once the grace
+        # period is over.
+        child = TokenInfo(
+            encrypt_refresh_token(
+                RefreshTokenPayload(
+                    payload.session_handle,
+                    payload.user_id,
+                    sha256_hex(payload.refresh_token_hash1),
+                ),
+                self._keys.refresh_key,
+            ),
+            promoted,
+        )
+        return SessionResult(session, SessionTokens(access_token=access, refresh_token=child))
 
     def get_session_if_cached(
         self,

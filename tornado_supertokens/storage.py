@@ -240,7 +240,7 @@ class _Statements:
             " WHERE session_handle = %(handle)s"
             " AND refresh_token_hash_2 IN (%(t2)s, %(p2)s)"
             " AND expires_at > %(now)s"
-            " RETURNING session_handle"
+            " RETURNING expires_at"
         ).format(s=s, remember=remember)
         self.sessions_alive = q(
             "SELECT v.handle FROM unnest(%(handles)s::varchar[], %(nows)s::bigint[])"
@@ -533,8 +533,11 @@ class Storage:
 
     async def promote(
         self, handle: str, own_h2: str, parent_h2: str, now_ms: int, grace_ms: int
-    ) -> bool:
-        """Make a child current on first use of its access token; False if not possible."""
+    ) -> Optional[int]:
+        """Make a child current on first use of its access token.
+
+        Returns the session's expiry (ms), or ``None`` if that is not possible.
+        """
         rows = await self._execute(
             "promote",
             {
@@ -546,7 +549,7 @@ class Storage:
                 "keep": RECENT_HASHES_KEPT,
             },
         )
-        return bool(rows)
+        return int(rows[0][0]) if rows else None
 
     async def session_alive(self, handle: str, now_ms: int) -> bool:
         return bool(await self._alive_checks.submit(handle, now_ms))

@@ -124,8 +124,8 @@ async def get_session(
     except UnauthorisedError:
         cookies.clear_session(handler, st.config)
         raise
-    if result.tokens.access_token is not None:
-        cookies.set_access_token(handler, st.config, result.tokens.access_token)
+    if result.tokens.access_token is not None:  # a promotion
+        cookies.set_tokens(handler, st.config, result.tokens)
     return WebSession(result.session, handler, st)
 
 

@@ -170,7 +170,7 @@ class SessionEngine:
         info_json = _dumps(session_info, "session_info")
         now = self._clock.now_ms()
         handle = new_session_handle()
-        refresh = self._new_refresh_token(handle, user_id, now=now)
+        refresh = self._new_refresh_token(handle, user_id, None, now + self._refresh_validity_ms)
         anti_csrf = new_anti_csrf_token() if self._anti_csrf else None
         access = await self._new_access_token(
             AccessTokenPayload(
@@ -250,16 +250,8 @@ class SessionEngine:
         # response: the re-issued access token must never sit beside a losing
         # sibling's refresh token, which would be judged theft once the grace
         # period is over.
-        child = TokenInfo(
-            encrypt_refresh_token(
-                RefreshTokenPayload(
-                    payload.session_handle,
-                    payload.user_id,
-                    sha256_hex(payload.refresh_token_hash1),
-                ),
-                self._keys.refresh_key,
-            ),
-            promoted,
+        child = self._new_refresh_token(
+            payload.session_handle, payload.user_id, sha256_hex(payload.refresh_token_hash1), promoted
         )
         return SessionResult(session, SessionTokens(access_token=access, refresh_token=child))
 
@@ -336,12 +328,7 @@ class SessionEngine:
         # The new token is a child of whatever is current now: the presented
         # token itself, or (within the grace period) the token that replaced it.
         current_h2, payload_json = row
-        child = TokenInfo(
-            encrypt_refresh_token(
-                RefreshTokenPayload(handle, user_id, current_h2), self._keys.refresh_key
-            ),
-            expires_at,
-        )
+        child = self._new_refresh_token(handle, user_id, current_h2, expires_at)
         jwt_payload = _loads(payload_json)
         anti_csrf = new_anti_csrf_token() if self._anti_csrf else None
         access = await self._new_access_token(
@@ -434,12 +421,14 @@ class SessionEngine:
         token = encode_access_token(payload, key, kid, expiry)
         return TokenInfo(token, expiry)
 
-    def _new_refresh_token(self, handle: str, user_id: Any, now: int) -> TokenInfo:
-        """A root refresh token (no parent) for a new session."""
+    def _new_refresh_token(
+        self, handle: str, user_id: Any, parent_h2: Optional[str], expires_at: int
+    ) -> TokenInfo:
+        """A refresh token naming its parent's stored hash (``None``: a new session's)."""
         token = encrypt_refresh_token(
-            RefreshTokenPayload(handle, user_id, None), self._keys.refresh_key
+            RefreshTokenPayload(handle, user_id, parent_h2), self._keys.refresh_key
         )
-        return TokenInfo(token, now + self._refresh_validity_ms)
+        return TokenInfo(token, expires_at)
 
     def _new_id_refresh_token(self, expires_at: int) -> TokenInfo:
         return TokenInfo(new_id_refresh_token(), expires_at)

@@ -6,6 +6,25 @@ from typing import Any
 
 import aiopg
 
+from tornado_supertokens.clock import SystemClock
+
+DAY_MS = 24 * 3_600_000
+
+
+class MidIntervalClock:
+    """The wall clock, shifted so that a test starts half-way through a key interval.
+
+    Time still moves, but no key is due (nor made ahead) for hours: tests that
+    count statements stay exact whatever the hour they run at.
+    """
+
+    def __init__(self, interval_ms: int = DAY_MS) -> None:
+        now = SystemClock().now_ms()
+        self._shift = (now - now % interval_ms + interval_ms // 2) - now
+
+    def now_ms(self) -> int:
+        return SystemClock().now_ms() + self._shift
+
 
 class CountingPool:
     """Wraps an aiopg pool; counts every statement executed through it."""

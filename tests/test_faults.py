@@ -43,7 +43,7 @@ from tornado_supertokens import storage as storage_module
 from tornado_supertokens.config import parse_config
 
 import pg
-from helpers import CountingPool, set_cookie_headers
+from helpers import CountingPool, MidIntervalClock, set_cookie_headers
 
 #: Hang guard for one request or one start-up (turns a hang into a failure; not a timing assertion).
 HANG_GUARD_S = 15
@@ -267,7 +267,8 @@ async def serving(raw_params: dict, via: Optional[dict] = None, counted: bool = 
     errors: list[str] = []
     config = config_for({**raw_params, **(via or {})}, suffix, errors)
     pool = await counting_pool(config) if counted else None
-    instance = await SuperTokens.create(config, pool)
+    # Mid-interval: no signing key falls due while statements are counted.
+    instance = await SuperTokens.create(config, pool, clock=MidIntervalClock())
     app = make_app(instance)
     sock, port = tornado.testing.bind_unused_port()
     server = tornado.httpserver.HTTPServer(app)

@@ -14,13 +14,13 @@ from tornado_supertokens.clock import ManualClock
 def decode_calls(monkeypatch):
     """Records every full JWT verification (a spy: the real decode still runs)."""
     calls = []
-    real = tokens_module.jwt.decode
+    real = tokens_module._JWS.decode_complete
 
     def spy(token, *args, **kwargs):
         calls.append(token)
         return real(token, *args, **kwargs)
 
-    monkeypatch.setattr(tokens_module.jwt, "decode", spy)
+    monkeypatch.setattr(tokens_module._JWS, "decode_complete", spy)
     return calls
 
 

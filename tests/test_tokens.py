@@ -21,6 +21,7 @@ from typing import Any, Iterator, Optional
 
 import jwt
 import pytest
+from hypothesis import given, strategies as st
 
 from tornado_supertokens import (
     TokenTheftDetectedError,
@@ -32,10 +33,15 @@ from tornado_supertokens.clock import ManualClock
 from tornado_supertokens.tokens import (
     MAX_ACCESS_TOKEN_LENGTH,
     MAX_REFRESH_TOKEN_LENGTH,
+    AccessTokenPayload,
+    InvalidTokenError,
     RefreshTokenPayload,
     access_token_kid,
+    decode_access_token,
+    encode_access_token,
     encrypt_refresh_token,
     key_bytes,
+    new_key,
 )
 
 from helpers import CountingPool, make_pool
@@ -344,7 +350,8 @@ async def test_over_long_access_token_is_rejected_before_decoding(
     s = await setup(make_st, counting_pool)
     header = {"alg": "HS256", "typ": "JWT", "kid": s.kid}
     calls: list[str] = []
-    real_decode, real_header = tokens_module.jwt.decode, tokens_module.jwt.get_unverified_header
+    real_decode = tokens_module._JWS.decode_complete
+    real_header = tokens_module.jwt.get_unverified_header
 
     def recording_decode(*args: Any, **kwargs: Any) -> Any:
         calls.append("decode")
@@ -354,7 +361,7 @@ async def test_over_long_access_token_is_rejected_before_decoding(
         calls.append("header")
         return real_header(*args, **kwargs)
 
-    monkeypatch.setattr(tokens_module.jwt, "decode", recording_decode)
+    monkeypatch.setattr(tokens_module._JWS, "decode_complete", recording_decode)
     monkeypatch.setattr(tokens_module.jwt, "get_unverified_header", recording_header)
 
     def authentic(pad: int) -> str:
@@ -550,3 +557,98 @@ async def test_over_long_refresh_token_is_unauthorised_without_sql(make_st, coun
         await assert_refresh_unauthorised(s.st, forged)
     assert s.pool.count == 0
     await assert_session_alive(s)
+
+
+# -- PyJWT's key checks, once per key --------------------------------------------------------
+
+
+def _payload() -> AccessTokenPayload:
+    return AccessTokenPayload(session_handle="h", user_id="u", refresh_token_hash1="r",
+                              parent_refresh_token_hash2=None, anti_csrf_token=None,
+                              user_data={}, expiry_ms=4_000_000_000_000)
+
+
+def test_key_checks_run_once_per_key_and_tokens_still_verify(monkeypatch):
+    """PyJWT's refusal of asymmetric / JWK-shaped HMAC keys costs half a signature;
+    its verdict depends on the key alone, so each key is checked once."""
+    from jwt.algorithms import HMACAlgorithm
+
+    monkeypatch.setattr(tokens_module, "_JWS", tokens_module._hs256_only())
+    checked: list[bytes] = []
+    real = HMACAlgorithm.prepare_key
+
+    def spy(self: Any, key: Any) -> Any:
+        checked.append(key)
+        return real(self, key)
+
+    monkeypatch.setattr(HMACAlgorithm, "prepare_key", spy)
+    k1, k2 = new_key(), new_key()
+    for _ in range(5):
+        token = encode_access_token(_payload(), k1, "1")
+        assert decode_access_token(token, k1, 0).user_id == "u"
+    assert checked == [k1.encode()]
+    token = encode_access_token(_payload(), k2, "2")
+    with pytest.raises(InvalidTokenError):
+        decode_access_token(token, k1, 0)  # the memo never confuses keys
+    assert decode_access_token(token, k2, 0).session_handle == "h"
+    assert checked == [k1.encode(), k2.encode()]
+
+
+@pytest.mark.parametrize("bad_key", [
+    "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----",
+    "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ",
+    json.dumps({"kty": "oct", "k": "c2VjcmV0"}),
+])
+def test_a_refused_key_is_refused_every_time(monkeypatch, bad_key):
+    monkeypatch.setattr(tokens_module, "_JWS", tokens_module._hs256_only())
+    for _ in range(3):
+        with pytest.raises(jwt.InvalidKeyError):
+            encode_access_token(_payload(), bad_key, "1")
+    assert tokens_module._JWS.get_algorithm_by_name("HS256")._checked == {}
+
+
+def test_checked_keys_are_bounded(monkeypatch):
+    monkeypatch.setattr(tokens_module, "_JWS", tokens_module._hs256_only())
+    alg = tokens_module._JWS.get_algorithm_by_name("HS256")
+    for _ in range(3 * alg.MAX_KEYS):
+        encode_access_token(_payload(), new_key(), "1")
+        assert len(alg._checked) <= alg.MAX_KEYS
+
+
+def test_the_codec_knows_hs256_only():
+    assert tokens_module._JWS.get_algorithms() == ["HS256"]
+
+
+def test_refresh_tokens_of_one_payload_are_all_different():
+    """The GCM nonce alone makes each token unique: its hash is what the database stores."""
+    key = new_key()
+    payload = RefreshTokenPayload("h", "u", "p" * 64)
+    made = {encrypt_refresh_token(payload, key) for _ in range(1000)}
+    assert len(made) == 1000
+    assert {tokens_module.decrypt_refresh_token(t, key) for t in made} == {payload}
+
+
+@given(
+    user=st.one_of(st.text(max_size=20), st.integers(min_value=-(2**53), max_value=2**53)),
+    data=st.recursive(st.none() | st.booleans() | st.text(max_size=8) | st.integers(-1000, 1000),
+                      lambda inner: st.lists(inner, max_size=3)
+                      | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=8),
+    kid=st.one_of(st.none(), st.integers(0, 2**45).map(str)),
+    parent=st.one_of(st.none(), st.text("0123456789abcdef", min_size=64, max_size=64)),
+)
+def test_access_tokens_are_what_pyjwt_itself_writes(user, data, kid, parent):
+    """Signing encodes the constant header once per kid: the token stays byte for
+    byte PyJWT's own, and PyJWT's plain decode accepts it."""
+    key = "k" * 43
+    payload = AccessTokenPayload(session_handle="h", user_id=user, refresh_token_hash1="r" * 64,
+                                 parent_refresh_token_hash2=parent, anti_csrf_token="c",
+                                 user_data=data, expiry_ms=4_000_000_000_123)
+    ours = encode_access_token(payload, key, kid)
+    claims = {"sessionHandle": "h", "userId": user, "refreshTokenHash1": "r" * 64,
+              "userData": data, "exp": 4_000_000_000}
+    if parent is not None:
+        claims["parentRefreshTokenHash2"] = parent
+    claims["antiCsrfToken"] = "c"
+    assert ours == jwt.encode(claims, key.encode(), algorithm="HS256",
+                              headers={"kid": kid} if kid is not None else None)
+    assert jwt.decode(ours, key.encode(), algorithms=["HS256"]) == claims

@@ -8,6 +8,7 @@ turns that into try-refresh or unauthorised.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -20,6 +21,7 @@ from typing import Any, Optional
 
 import jwt
 from cryptography.exceptions import InvalidTag
+from jwt.algorithms import HMACAlgorithm
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 ALGORITHM = "HS256"
@@ -37,6 +39,43 @@ _JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 class InvalidTokenError(Exception):
     """A presented token is malformed, forged, tampered with or expired."""
+
+
+class _CheckedKeyHS256(HMACAlgorithm):
+    """PyJWT's HS256, running its key checks once per key instead of once per token.
+
+    PyJWT (2.14+) refuses, on every call, a key that looks asymmetric or like a
+    JWK: a DER parse, an X.509 parse and a JSON parse, about half the cost of
+    signing a token. The verdict depends on the key alone, so it is kept for
+    the few keys a process uses (bounded; a refused key is never kept).
+    """
+
+    MAX_KEYS = 16
+
+    def __init__(self) -> None:
+        super().__init__(HMACAlgorithm.SHA256)
+        self._checked: dict[bytes, bytes] = {}
+
+    def prepare_key(self, key: str | bytes) -> bytes:
+        raw = key_bytes(key)
+        prepared = self._checked.get(raw)
+        if prepared is None:
+            prepared = super().prepare_key(raw)  # raises for a refused key
+            if len(self._checked) >= self.MAX_KEYS:
+                self._checked.clear()
+            self._checked[raw] = prepared
+        return prepared
+
+
+def _hs256_only() -> jwt.PyJWS:
+    jws = jwt.PyJWS(algorithms=[ALGORITHM])
+    jws.unregister_algorithm(ALGORITHM)
+    jws.register_algorithm(ALGORITHM, _CheckedKeyHS256())
+    return jws
+
+
+#: The one JWS codec: HS256 and nothing else, whatever a token's header says.
+_JWS = _hs256_only()
 
 
 def sha256_hex(value: str) -> str:
@@ -86,7 +125,9 @@ def encode_access_token(
 ) -> str:
     """Sign ``payload`` as a standard HS256 JWT (``exp`` in whole seconds).
 
-    ``expiry_ms``, when given, replaces ``payload.expiry_ms``.
+    ``expiry_ms``, when given, replaces ``payload.expiry_ms``. The token is
+    byte for byte what ``PyJWS.encode`` writes (PyJWT's own HS256 signs it);
+    only the constant header segment is encoded once per ``kid``.
     """
     claims: dict[str, Any] = {
         "sessionHandle": payload.session_handle,
@@ -99,8 +140,24 @@ def encode_access_token(
         claims["parentRefreshTokenHash2"] = payload.parent_refresh_token_hash2
     if payload.anti_csrf_token is not None:
         claims["antiCsrfToken"] = payload.anti_csrf_token
-    headers = {"kid": kid} if kid is not None else None
-    return jwt.encode(claims, key_bytes(key), algorithm=ALGORITHM, headers=headers)
+    body = json.dumps(claims, separators=(",", ":")).encode("utf-8")
+    signing_input = _header_segment(kid) + b"." + _b64url(body)
+    hs256 = _JWS.get_algorithm_by_name(ALGORITHM)
+    signature = hs256.sign(signing_input, hs256.prepare_key(key_bytes(key)))
+    return (signing_input + b"." + _b64url(signature)).decode("ascii")
+
+
+def _b64url(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+@functools.lru_cache(maxsize=64)
+def _header_segment(kid: Optional[str]) -> bytes:
+    """The encoded JOSE header, exactly as ``PyJWS.encode`` writes it (sorted keys)."""
+    header: dict[str, str] = {"alg": ALGORITHM, "typ": "JWT"}
+    if kid is not None:
+        header["kid"] = kid
+    return _b64url(json.dumps(header, separators=(",", ":"), sort_keys=True).encode("utf-8"))
 
 
 def _check_access_token_shape(token: object) -> None:
@@ -133,15 +190,12 @@ def decode_access_token(
     """
     _check_access_token_shape(token)
     try:
-        claims = jwt.decode(
-            token,
-            key_bytes(key),
-            algorithms=[ALGORITHM],
-            options={"require": ["exp"], "verify_exp": False, "verify_aud": False,
-                     "verify_iss": False, "verify_nbf": False, "verify_iat": False},
-        )
-    except jwt.PyJWTError:
+        verified = _JWS.decode_complete(token, key_bytes(key), algorithms=[ALGORITHM])
+        claims = json.loads(verified["payload"])
+    except (jwt.PyJWTError, ValueError):
         raise InvalidTokenError("access token failed verification") from None
+    if not isinstance(claims, dict):
+        raise InvalidTokenError("access token claims are not a JSON object")
     exp = claims.get("exp")
     if not isinstance(exp, int) or isinstance(exp, bool):
         raise InvalidTokenError("exp must be an integer")
@@ -187,18 +241,16 @@ class RefreshTokenPayload:
 
 
 def encrypt_refresh_token(payload: RefreshTokenPayload, key: str | bytes) -> str:
-    """AES-256-GCM over {handle, user id, parent hash, nonce}; URL-safe base64."""
+    """AES-256-GCM over {handle, user id, parent hash}; URL-safe base64.
+
+    The random 96-bit GCM nonce makes every token (and so its stored hash) unique.
+    """
     body = json.dumps(
-        {
-            "h": payload.session_handle,
-            "u": payload.user_id,
-            "p": payload.parent_refresh_token_hash2,
-            "n": secrets.token_urlsafe(16),
-        },
+        {"h": payload.session_handle, "u": payload.user_id, "p": payload.parent_refresh_token_hash2},
         separators=(",", ":"),
     ).encode("utf-8")
     nonce = os.urandom(_REFRESH_NONCE_BYTES)
-    sealed = AESGCM(_aes_key(key)).encrypt(nonce, body, _REFRESH_AAD)
+    sealed = _cipher(key).encrypt(nonce, body, _REFRESH_AAD)
     return base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=").decode("ascii")
 
 
@@ -220,7 +272,7 @@ def decrypt_refresh_token(token: str, key: str | bytes) -> RefreshTokenPayload:
         raise InvalidTokenError("refresh token too short")
     nonce, sealed = raw[:_REFRESH_NONCE_BYTES], raw[_REFRESH_NONCE_BYTES:]
     try:
-        body = AESGCM(_aes_key(key)).decrypt(nonce, sealed, _REFRESH_AAD)
+        body = _cipher(key).decrypt(nonce, sealed, _REFRESH_AAD)
         data = json.loads(body)
     except (InvalidTag, ValueError):
         raise InvalidTokenError("refresh token failed authentication") from None
@@ -232,6 +284,12 @@ def decrypt_refresh_token(token: str, key: str | bytes) -> RefreshTokenPayload:
     ):
         raise InvalidTokenError("refresh token has an unexpected structure")
     return RefreshTokenPayload(data["h"], data["u"], data["p"])
+
+
+@functools.lru_cache(maxsize=8)
+def _cipher(key: str | bytes) -> AESGCM:
+    """The AEAD for ``key``, set up once per key (a process uses one refresh key)."""
+    return AESGCM(_aes_key(key))
 
 
 def _aes_key(key: str | bytes) -> bytes:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from email.utils import formatdate
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tornado_supertokens.cookies import http_date
 

@@ -21,7 +21,8 @@ from typing import Any, Iterator, Optional
 
 import jwt
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tornado_supertokens import (
     TokenTheftDetectedError,

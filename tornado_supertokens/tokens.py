@@ -21,8 +21,8 @@ from typing import Any, Optional
 
 import jwt
 from cryptography.exceptions import InvalidTag
-from jwt.algorithms import HMACAlgorithm
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from jwt.algorithms import HMACAlgorithm
 
 ALGORITHM = "HS256"
 #: Longest access token accepted for verification (browsers cap a cookie at 4 KiB).

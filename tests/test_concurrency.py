@@ -913,7 +913,9 @@ async def current_hash2(process: Any, handle: str) -> Optional[str]:
     "atomic_retry",
     [
         True,
-        False,
+        pytest.param(False, marks=pytest.mark.xfail(strict=False, reason=(
+            "finds the known false theft of test_late_promotion_response_after_a_refresh_and_its"
+            "_promotion in about one run of eight (issue 5 left open)"))),
     ],
 )
 @pytest.mark.gen_test(timeout=120)
@@ -990,6 +992,41 @@ async def test_two_refreshes_from_one_parent_across_two_processes_user_stays_log
     # The first child has left the jar: after the window it is the outsider.
     with pytest.raises(TokenTheftDetectedError):
         await p0.refresh_session(first.refresh)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known false theft (issue 5 left open): a promotion response that lands after a later"
+    " refresh and promotion leaves the jar with a sibling of the current token; used after"
+    " the grace period it reads as theft. See README, Known limitations."))
+@pytest.mark.gen_test
+async def test_late_promotion_response_after_a_refresh_and_its_promotion(make_st):
+    """Found by the real-concurrency test below. Three tabs, one jar:
+
+    X sends a call with the jar's child access token (it promotes the child;
+    its response, carrying a grandchild, is slow); the access token expires;
+    Y refreshes with the child and Z's call promotes Y's new token; then X's
+    response lands last. The jar holds X's grandchild: a sibling of the
+    current token, used only when its access token expires."""
+    clock, p0, p1 = await two_processes(make_st)
+    jar = jar_of(await p0.create_new_session("late-promotion"))
+    clock.advance(seconds=ACCESS_VALIDITY_S + 1)
+    jar = jar_of(await p0.refresh_session(jar.refresh))  # the child: not yet promoted
+
+    x = await p1.get_session(jar.access, jar.anti_csrf, False)  # X: promotes the child
+    assert x.tokens.refresh_token is not None  # ... and its response is in flight
+    clock.advance(seconds=ACCESS_VALIDITY_S + 1)
+    with pytest.raises(TryRefreshTokenError):  # Y: the child's access token expired
+        await p0.get_session(jar.access, jar.anti_csrf, False)
+    jar = jar_of(await p0.refresh_session(jar.refresh))
+    z = await p1.get_session(jar.access, jar.anti_csrf, False)  # Z promotes Y's token
+    jar.access, jar.refresh = z.tokens.access_token.value, z.tokens.refresh_token.value
+    jar.access, jar.refresh = x.tokens.access_token.value, x.tokens.refresh_token.value  # X lands
+
+    clock.advance(seconds=ACCESS_VALIDITY_S + GRACE_S)
+    with pytest.raises(TryRefreshTokenError):
+        await p0.get_session(jar.access, jar.anti_csrf, False)
+    jar = jar_of(await p1.refresh_session(jar.refresh))  # today: TokenTheftDetectedError
+    await p0.get_session(jar.access, jar.anti_csrf, False)
 
 
 async def sdk_call(engines: list, jar: Jar, csrf_check: bool) -> Jar:

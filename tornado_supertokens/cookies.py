@@ -236,9 +236,10 @@ def set_tokens(handler: RequestHandler, config: Config, tokens: SessionTokens) -
         idr = tokens.id_refresh_token
         _set(handler, config, ID_REFRESH_TOKEN_COOKIE, idr.value, idr.expires_at,
              config.tokens.access_token.path, httponly=False)
-        handler.set_header(ID_REFRESH_TOKEN_HEADER, f"{idr.value};{idr.expires_at}")
+        # Straight into the headers (as in _set): values this library made.
+        handler._headers[ID_REFRESH_TOKEN_HEADER] = f"{idr.value};{idr.expires_at}"  # noqa: SLF001
     if tokens.anti_csrf_token is not None:
-        handler.set_header(ANTI_CSRF_HEADER, tokens.anti_csrf_token)
+        handler._headers[ANTI_CSRF_HEADER] = tokens.anti_csrf_token  # noqa: SLF001
     if tokens.id_refresh_token is not None and tokens.anti_csrf_token is not None:
         _add_exposed(handler, ID_REFRESH_TOKEN_HEADER, ANTI_CSRF_HEADER)
     elif tokens.id_refresh_token is not None:

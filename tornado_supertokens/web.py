@@ -33,6 +33,7 @@ from .session import Session
 from .supertokens import SuperTokens, get_instance
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_REFRESHED_BODY = b'{"message": "refreshed"}'  # what finish({"message": "refreshed"}) writes
 SETTINGS_KEY = "supertokens"
 
 
@@ -370,7 +371,8 @@ class RefreshHandler(_SessionErrorResponses):
         self.set_header("Cache-Control", "no-store")
         await self.on_refreshed(session)
         if not self._finished:
-            self.finish({"message": "refreshed"})
+            self.set_header("Content-Type", "application/json; charset=UTF-8")
+            self.finish(_REFRESHED_BODY)
 
     async def on_refreshed(self, session: WebSession) -> None:
         """Hook: called after a successful refresh (before the response)."""

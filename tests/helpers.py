@@ -1,4 +1,4 @@
-"""Test helpers: a pool wrapper that counts statements, and raw database access."""
+"""Test helpers: pool wrappers (counting, or any hook at an await point), raw database access."""
 
 from __future__ import annotations
 
@@ -26,11 +26,104 @@ class MidIntervalClock:
         return SystemClock().now_ms() + self._shift
 
 
-class CountingPool:
-    """Wraps an aiopg pool; counts every statement executed through it."""
+class WrappedPool:
+    """An aiopg pool seen through hooks at each await point of the library's use of
+    it: acquire, cursor, execute, fetch, release. Subclasses override the hooks
+    to count statements, inject faults or cancellations, or hold transactions.
+    Everything else passes through to the real pool."""
 
     def __init__(self, pool: aiopg.Pool) -> None:
         self._pool = pool
+
+    def acquire(self) -> Acquisition:
+        return Acquisition(self)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+    # -- hooks --
+
+    def before_acquire(self) -> None:
+        """May raise (a refused connection)."""
+
+    def before_cursor(self) -> None:
+        pass
+
+    async def execute(self, acq: Acquisition, cur: Any, operation: Any, parameters: Any) -> Any:
+        return await cur.execute(operation, parameters)
+
+    def before_fetch(self) -> None:
+        pass
+
+    async def before_release(self, acq: Acquisition, exc: Any) -> None:
+        pass
+
+
+class Acquisition:
+    """One ``async with pool.acquire()``: the real connection is ``raw``."""
+
+    def __init__(self, owner: WrappedPool) -> None:
+        self.owner = owner
+        self.raw: Any = None
+        self.holding = False  # free for hooks to use
+        self._cm: Any = None
+
+    async def __aenter__(self) -> _Conn:
+        self.owner.before_acquire()
+        self._cm = self.owner._pool.acquire()
+        self.raw = await self._cm.__aenter__()
+        return _Conn(self)
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        await self.owner.before_release(self, exc)
+        return await self._cm.__aexit__(*exc)
+
+
+class _Conn:
+    def __init__(self, acq: Acquisition) -> None:
+        self._acq = acq
+
+    def cursor(self) -> _CursorCM:
+        return _CursorCM(self._acq.raw.cursor(), self._acq)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._acq.raw, name)
+
+
+class _CursorCM:
+    def __init__(self, cm: Any, acq: Acquisition) -> None:
+        self._cm = cm
+        self._acq = acq
+
+    async def __aenter__(self) -> _Cursor:
+        self._acq.owner.before_cursor()
+        return _Cursor(await self._cm.__aenter__(), self._acq)
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self._cm.__aexit__(*exc)
+
+
+class _Cursor:
+    def __init__(self, cur: Any, acq: Acquisition) -> None:
+        self._cur = cur
+        self._acq = acq
+
+    async def execute(self, operation: Any, parameters: Any = None) -> Any:
+        return await self._acq.owner.execute(self._acq, self._cur, operation, parameters)
+
+    async def fetchall(self) -> Any:
+        self._acq.owner.before_fetch()
+        return await self._cur.fetchall()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cur, name)
+
+
+class CountingPool(WrappedPool):
+    """Counts every statement executed through it."""
+
+    def __init__(self, pool: aiopg.Pool) -> None:
+        super().__init__(pool)
         self.statements: list[str] = []
 
     @property
@@ -40,62 +133,9 @@ class CountingPool:
     def reset(self) -> None:
         self.statements.clear()
 
-    def acquire(self) -> _Acquire:
-        return _Acquire(self)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._pool, name)
-
-
-class _Acquire:
-    def __init__(self, owner: CountingPool) -> None:
-        self._owner = owner
-        self._cm: Any = None
-
-    async def __aenter__(self) -> _Conn:
-        self._cm = self._owner._pool.acquire()
-        conn = await self._cm.__aenter__()
-        return _Conn(conn, self._owner)
-
-    async def __aexit__(self, *exc: Any) -> Any:
-        return await self._cm.__aexit__(*exc)
-
-
-class _Conn:
-    def __init__(self, conn: Any, owner: CountingPool) -> None:
-        self._conn = conn
-        self._owner = owner
-
-    def cursor(self) -> _CursorCM:
-        return _CursorCM(self._conn.cursor(), self._owner)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._conn, name)
-
-
-class _CursorCM:
-    def __init__(self, cm: Any, owner: CountingPool) -> None:
-        self._cm = cm
-        self._owner = owner
-
-    async def __aenter__(self) -> _Cursor:
-        return _Cursor(await self._cm.__aenter__(), self._owner)
-
-    async def __aexit__(self, *exc: Any) -> Any:
-        return await self._cm.__aexit__(*exc)
-
-
-class _Cursor:
-    def __init__(self, cur: Any, owner: CountingPool) -> None:
-        self._cur = cur
-        self._owner = owner
-
-    async def execute(self, operation: Any, parameters: Any = None) -> Any:
-        self._owner.statements.append(str(operation))
-        return await self._cur.execute(operation, parameters)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._cur, name)
+    async def execute(self, acq: Acquisition, cur: Any, operation: Any, parameters: Any) -> Any:
+        self.statements.append(str(operation))
+        return await cur.execute(operation, parameters)
 
 
 async def make_pool(pg_params: dict, maxsize: int = 10) -> aiopg.Pool:

@@ -47,6 +47,7 @@ from tornado_supertokens.tokens import sha256_hex
 
 import pg
 from conftest import deep_merge
+from helpers import Acquisition, WrappedPool
 
 #: Hang guard for one operation or one settle (not a timing assertion).
 HANG_GUARD_S = 15
@@ -57,7 +58,7 @@ MAX_TURNS = 3000
 # -- a pool that cancels the caller at its N-th await point ---------------------------
 
 
-class InjectingPool:
+class InjectingPool(WrappedPool):
     """Wraps an aiopg pool; at await point number ``at`` it cancels ``target``.
 
     Await points, in order: acquire, cursor, execute, fetch, release. The
@@ -66,7 +67,7 @@ class InjectingPool:
     """
 
     def __init__(self, pool: aiopg.Pool) -> None:
-        self._pool = pool
+        super().__init__(pool)
         self.target: Optional[asyncio.Task] = None
         self.at: Optional[int] = None
         self.seen = 0
@@ -84,68 +85,21 @@ class InjectingPool:
             self.fired = kind
             self.target.cancel()
 
-    def acquire(self) -> _Acquire:
-        return _Acquire(self)
+    def before_acquire(self) -> None:
+        self.point("acquire")
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._pool, name)
+    def before_cursor(self) -> None:
+        self.point("cursor")
 
+    async def execute(self, acq: Acquisition, cur: Any, operation: Any, parameters: Any) -> Any:
+        self.point("execute")
+        return await cur.execute(operation, parameters)
 
-class _Acquire:
-    def __init__(self, owner: InjectingPool) -> None:
-        self._owner = owner
-        self._cm: Any = None
+    def before_fetch(self) -> None:
+        self.point("fetch")
 
-    async def __aenter__(self) -> _Conn:
-        self._owner.point("acquire")
-        self._cm = self._owner._pool.acquire()
-        return _Conn(await self._cm.__aenter__(), self._owner)
-
-    async def __aexit__(self, *exc: Any) -> Any:
-        self._owner.point("release")
-        return await self._cm.__aexit__(*exc)
-
-
-class _Conn:
-    def __init__(self, conn: Any, owner: InjectingPool) -> None:
-        self._conn = conn
-        self._owner = owner
-
-    def cursor(self) -> _CursorCM:
-        return _CursorCM(self._conn.cursor(), self._owner)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._conn, name)
-
-
-class _CursorCM:
-    def __init__(self, cm: Any, owner: InjectingPool) -> None:
-        self._cm = cm
-        self._owner = owner
-
-    async def __aenter__(self) -> _Cursor:
-        self._owner.point("cursor")
-        return _Cursor(await self._cm.__aenter__(), self._owner)
-
-    async def __aexit__(self, *exc: Any) -> Any:
-        return await self._cm.__aexit__(*exc)
-
-
-class _Cursor:
-    def __init__(self, cur: Any, owner: InjectingPool) -> None:
-        self._cur = cur
-        self._owner = owner
-
-    async def execute(self, operation: Any, parameters: Any = None) -> Any:
-        self._owner.point("execute")
-        return await self._cur.execute(operation, parameters)
-
-    async def fetchall(self) -> Any:
-        self._owner.point("fetch")
-        return await self._cur.fetchall()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._cur, name)
+    async def before_release(self, acq: Acquisition, exc: Any) -> None:
+        self.point("release")
 
 
 # -- the harness ---------------------------------------------------------------------

@@ -32,7 +32,7 @@ from tornado_supertokens.cleanup import BATCH_SIZE, CleanupJob
 from tornado_supertokens.clock import ManualClock, SystemClock
 
 import pg
-from helpers import make_pool
+from helpers import Acquisition, WrappedPool, make_pool
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "cleanup_worker.py"
@@ -111,13 +111,13 @@ async def three_cleaners(make_st: Any, log: BatchLog, **kwargs: Any) -> list[Any
     return instances
 
 
-class HoldingPool:
+class HoldingPool(WrappedPool):
     """Wraps an aiopg pool. Once armed, the next statement that ``matches`` runs
     inside BEGIN, and its transaction (with every lock it took) stays open
     until :meth:`release`; then it commits. ``held`` is set meanwhile."""
 
     def __init__(self, pool: Any) -> None:
-        self._pool = pool
+        super().__init__(pool)
         self._match: Optional[Callable[[str], bool]] = None
         self.held = asyncio.Event()
         self._release = asyncio.Event()
@@ -130,70 +130,19 @@ class HoldingPool:
     def release(self) -> None:
         self._release.set()
 
-    def acquire(self) -> Any:
-        return _HoldAcquire(self)
+    async def execute(self, acq: Acquisition, cur: Any, operation: Any, parameters: Any) -> Any:
+        if self._match is not None and self._match(str(operation)):
+            self._match = None  # once
+            acq.holding = True
+            await cur.execute("BEGIN")
+        return await cur.execute(operation, parameters)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._pool, name)
-
-
-class _HoldAcquire:
-    def __init__(self, owner: HoldingPool) -> None:
-        self._owner = owner
-        self._cm: Any = None
-        self._conn: Any = None
-        self.holding = False
-
-    async def __aenter__(self) -> Any:
-        self._cm = self._owner._pool.acquire()
-        self._conn = await self._cm.__aenter__()
-        return _HoldConn(self._conn, self)
-
-    async def __aexit__(self, *exc: Any) -> Any:
-        if self.holding:
-            self._owner.held.set()
-            await self._owner._release.wait()
-            async with self._conn.cursor() as cur:
+    async def before_release(self, acq: Acquisition, exc: Any) -> None:
+        if acq.holding:
+            self.held.set()
+            await self._release.wait()
+            async with acq.raw.cursor() as cur:
                 await cur.execute("ROLLBACK" if exc[0] is not None else "COMMIT")
-        return await self._cm.__aexit__(*exc)
-
-
-class _HoldConn:
-    def __init__(self, conn: Any, acq: _HoldAcquire) -> None:
-        self._conn, self._acq = conn, acq
-
-    def cursor(self) -> Any:
-        return _HoldCursorCM(self._conn.cursor(), self._acq)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._conn, name)
-
-
-class _HoldCursorCM:
-    def __init__(self, cm: Any, acq: _HoldAcquire) -> None:
-        self._cm, self._acq = cm, acq
-
-    async def __aenter__(self) -> Any:
-        return _HoldCursor(await self._cm.__aenter__(), self._acq)
-
-    async def __aexit__(self, *exc: Any) -> Any:
-        return await self._cm.__aexit__(*exc)
-
-
-class _HoldCursor:
-    def __init__(self, cur: Any, acq: _HoldAcquire) -> None:
-        self._cur, self._acq = cur, acq
-
-    async def execute(self, operation: Any, parameters: Any = None) -> Any:
-        owner = self._acq._owner
-        if owner._match is not None and owner._match(str(operation)):
-            owner._match = None  # once
-            self._acq.holding = True
-            await self._cur.execute("BEGIN")
-        return await self._cur.execute(operation, parameters)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._cur, name)
 
 
 def is_cleanup_batch(statement: str) -> bool:

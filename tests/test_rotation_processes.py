@@ -34,7 +34,7 @@ from tornado_supertokens.keys import ACCESS_KEY_PREFIX, NEXT_KEY_LEAD_MS, ROTATI
 from tornado_supertokens.tokens import access_token_kid
 
 import pg
-from helpers import make_pool
+from helpers import Acquisition, WrappedPool, make_pool
 
 HOUR_MS = 3_600_000
 REPO = Path(__file__).resolve().parent.parent
@@ -300,76 +300,29 @@ def test_rotation_across_three_processes_with_clock_skew(pg_params, table_suffix
 # -- a rotation due while the database is unavailable ----------------------------------
 
 
-class FlakyPool:
+class FlakyPool(WrappedPool):
     """Wraps an aiopg pool. ``mode``: "up"; "down" (no connection at all);
     "keys_down" (statements on the signing-key table time out on a lock).
     Counts the statements that reach the database."""
 
     def __init__(self, pool: Any, keys_table: str) -> None:
-        self._pool = pool
+        super().__init__(pool)
         self._keys_table = f'"{keys_table}"'
         self.mode = "up"
         self.statements: list[str] = []
         self.refused = 0
 
-    def acquire(self) -> Any:
-        return _FlakyAcquire(self)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._pool, name)
-
-
-class _FlakyAcquire:
-    def __init__(self, owner: FlakyPool) -> None:
-        self._owner = owner
-        self._cm: Any = None
-
-    async def __aenter__(self) -> Any:
-        if self._owner.mode == "down":
-            self._owner.refused += 1
+    def before_acquire(self) -> None:
+        if self.mode == "down":
+            self.refused += 1
             raise psycopg2.OperationalError("could not connect to server: Connection refused")
-        self._cm = self._owner._pool.acquire()
-        return _FlakyConn(await self._cm.__aenter__(), self._owner)
 
-    async def __aexit__(self, *exc: Any) -> Any:
-        return await self._cm.__aexit__(*exc)
-
-
-class _FlakyConn:
-    def __init__(self, conn: Any, owner: FlakyPool) -> None:
-        self._conn, self._owner = conn, owner
-
-    def cursor(self) -> Any:
-        return _FlakyCursorCM(self._conn.cursor(), self._owner)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._conn, name)
-
-
-class _FlakyCursorCM:
-    def __init__(self, cm: Any, owner: FlakyPool) -> None:
-        self._cm, self._owner = cm, owner
-
-    async def __aenter__(self) -> Any:
-        return _FlakyCursor(await self._cm.__aenter__(), self._owner)
-
-    async def __aexit__(self, *exc: Any) -> Any:
-        return await self._cm.__aexit__(*exc)
-
-
-class _FlakyCursor:
-    def __init__(self, cur: Any, owner: FlakyPool) -> None:
-        self._cur, self._owner = cur, owner
-
-    async def execute(self, operation: Any, parameters: Any = None) -> Any:
-        if self._owner.mode == "keys_down" and self._owner._keys_table in str(operation):
-            self._owner.refused += 1
+    async def execute(self, acq: Acquisition, cur: Any, operation: Any, parameters: Any) -> Any:
+        if self.mode == "keys_down" and self._keys_table in str(operation):
+            self.refused += 1
             raise psycopg2.errors.LockNotAvailable("canceling statement due to lock timeout")
-        self._owner.statements.append(str(operation))
-        return await self._cur.execute(operation, parameters)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._cur, name)
+        self.statements.append(str(operation))
+        return await cur.execute(operation, parameters)
 
 
 class Collect:

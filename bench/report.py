@@ -44,8 +44,8 @@ MICRO = [
     ("access_decode_fn", "access token verify (decode_access_token)", "pyjwt_decode"),
     ("verify_engine", "access token verify, engine path, new token each time", "pyjwt_decode"),
     ("verify_engine_repeat", "access token verify, engine path, same token (cached?)", "pyjwt_decode"),
-    ("refresh_encrypt", "refresh token encrypt (AES-GCM)", None),
-    ("refresh_decrypt", "refresh token decrypt (AES-GCM)", None),
+    ("refresh_encrypt", "refresh token encrypt (AES-SIV)", None),
+    ("refresh_decrypt", "refresh token decrypt (AES-SIV)", None),
     ("pyjwt_encode", "PyJWT jwt.encode, same claims", None),
     ("pyjwt_decode", "PyJWT jwt.decode, same claims", None),
 ]

@@ -620,13 +620,22 @@ def test_the_codec_knows_hs256_only():
     assert tokens_module._JWS.get_algorithms() == ["HS256"]
 
 
-def test_refresh_tokens_of_one_payload_are_all_different():
-    """The GCM nonce alone makes each token unique: its hash is what the database stores."""
+def test_a_parent_has_exactly_one_child_token_and_every_first_token_is_new():
+    """A child is a function of its parent (AES-SIV, deterministic): responses that
+    race can never hand a browser two different children of one token. A
+    session's first token has no parent and a random nonce: each is unique."""
     key = new_key()
-    payload = RefreshTokenPayload("h", "u", "p" * 64)
-    made = {encrypt_refresh_token(payload, key) for _ in range(1000)}
-    assert len(made) == 1000
-    assert {tokens_module.decrypt_refresh_token(t, key) for t in made} == {payload}
+    child = RefreshTokenPayload("h", "u", "p" * 64)
+    assert len({encrypt_refresh_token(child, key) for _ in range(100)}) == 1
+    others = [RefreshTokenPayload("h", "u", "q" * 64), RefreshTokenPayload("h2", "u", "p" * 64),
+              RefreshTokenPayload("h", "u2", "p" * 64), RefreshTokenPayload("h", 7, "p" * 64)]
+    tokens = {encrypt_refresh_token(p, key) for p in [child, *others]}
+    assert len(tokens) == 5  # any difference in the payload is a different token
+    assert encrypt_refresh_token(child, new_key()) != encrypt_refresh_token(child, key)
+    root = RefreshTokenPayload("h", "u", None)
+    roots = {encrypt_refresh_token(root, key) for _ in range(1000)}
+    assert len(roots) == 1000
+    assert {tokens_module.decrypt_refresh_token(t, key) for t in roots} == {root}
 
 
 @given(

@@ -12,7 +12,6 @@ import functools
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
 import uuid
@@ -21,7 +20,7 @@ from typing import Any, Optional
 
 import jwt
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 from jwt.algorithms import HMACAlgorithm
 
 ALGORITHM = "HS256"
@@ -29,8 +28,8 @@ ALGORITHM = "HS256"
 MAX_ACCESS_TOKEN_LENGTH = 8192
 #: Longest refresh token accepted for decryption.
 MAX_REFRESH_TOKEN_LENGTH = 1024
-_REFRESH_AAD = b"tornado_supertokens refresh token v1"
-_REFRESH_NONCE_BYTES = 12
+_REFRESH_AAD = b"tornado_supertokens refresh token v2"
+_SIV_TAG_BYTES = 16
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
 #: A compact JWS exactly as PyJWT writes it: three unpadded base64url segments.
 #: PyJWT itself accepts a trailing "=" (and so a second spelling of a token).
@@ -241,17 +240,27 @@ class RefreshTokenPayload:
 
 
 def encrypt_refresh_token(payload: RefreshTokenPayload, key: str | bytes) -> str:
-    """AES-256-GCM over {handle, user id, parent hash}; URL-safe base64.
+    """Seal {handle, user id, parent hash, nonce} with AES-SIV; URL-safe base64.
 
-    The random 96-bit GCM nonce makes every token (and so its stored hash) unique.
+    Deterministic for a child: every child of one parent is the same token,
+    however many requests ask for it, so racing responses can never leave a
+    browser holding a sibling of the session's current token (which would
+    read as theft once the grace period is over). AES-SIV is the AEAD built
+    for this (RFC 5297): equal plaintexts give equal tokens and reveal nothing
+    else. A child's nonce is derived from its parent (a parent has one child,
+    so it is still used once); a session's first token gets a random one.
     """
+    parent = payload.parent_refresh_token_hash2
+    if parent is None:
+        nonce = secrets.token_urlsafe(16)
+    else:
+        nonce = _child_nonce(key, parent)
     body = json.dumps(
-        {"h": payload.session_handle, "u": payload.user_id, "p": payload.parent_refresh_token_hash2},
+        {"h": payload.session_handle, "u": payload.user_id, "p": parent, "n": nonce},
         separators=(",", ":"),
     ).encode("utf-8")
-    nonce = os.urandom(_REFRESH_NONCE_BYTES)
-    sealed = _cipher(key).encrypt(nonce, body, _REFRESH_AAD)
-    return base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=").decode("ascii")
+    sealed = _cipher(key).encrypt(body, [_REFRESH_AAD])
+    return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode("ascii")
 
 
 def decrypt_refresh_token(token: str, key: str | bytes) -> RefreshTokenPayload:
@@ -268,11 +277,10 @@ def decrypt_refresh_token(token: str, key: str | bytes) -> RefreshTokenPayload:
     # stores, so a variant decoding to the same bytes must not pass as reuse.
     if not hmac.compare_digest(base64.urlsafe_b64encode(raw).rstrip(b"="), token.encode("ascii")):
         raise InvalidTokenError("refresh token is not canonical base64")
-    if len(raw) < _REFRESH_NONCE_BYTES + 16:
+    if len(raw) <= _SIV_TAG_BYTES:
         raise InvalidTokenError("refresh token too short")
-    nonce, sealed = raw[:_REFRESH_NONCE_BYTES], raw[_REFRESH_NONCE_BYTES:]
     try:
-        body = _cipher(key).decrypt(nonce, sealed, _REFRESH_AAD)
+        body = _cipher(key).decrypt(raw, [_REFRESH_AAD])
         data = json.loads(body)
     except (InvalidTag, ValueError):
         raise InvalidTokenError("refresh token failed authentication") from None
@@ -287,11 +295,24 @@ def decrypt_refresh_token(token: str, key: str | bytes) -> RefreshTokenPayload:
 
 
 @functools.lru_cache(maxsize=8)
-def _cipher(key: str | bytes) -> AESGCM:
+def _cipher(key: str | bytes) -> AESSIV:
     """The AEAD for ``key``, set up once per key (a process uses one refresh key)."""
-    return AESGCM(_aes_key(key))
+    return AESSIV(_siv_key(key))
 
 
-def _aes_key(key: str | bytes) -> bytes:
-    # Keys are stored as text; derive exactly 32 bytes whatever their encoding.
-    return hashlib.sha256(key_bytes(key)).digest()
+def _child_nonce(key: str | bytes, parent_h2: str) -> str:
+    mac = hmac.new(_nonce_key(key), parent_h2.encode("utf-8"), hashlib.sha256)
+    return base64.urlsafe_b64encode(mac.digest()[:16]).rstrip(b"=").decode("ascii")
+
+
+@functools.lru_cache(maxsize=8)
+def _nonce_key(key: str | bytes) -> bytes:
+    # Its own key, derived apart from the cipher's.
+    return hashlib.sha256(b"tornado_supertokens child nonce\x00" + key_bytes(key)).digest()
+
+
+@functools.lru_cache(maxsize=8)
+def _siv_key(key: str | bytes) -> bytes:
+    # Keys are stored as text; derive the 512 bits of AES-256-SIV whatever their encoding.
+    return hashlib.sha512(_REFRESH_AAD + b"\x00" + key_bytes(key)).digest()
+

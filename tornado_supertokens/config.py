@@ -52,8 +52,8 @@ class RefreshTokenConfig:
     renew_token_path: str
     validity_hours: float = 2400
     removal_cronjob_interval: str = "0 0 0 1-31/7 * *"
-    #: Seconds after a rotation during which the rotated-away token (or a
-    #: sibling of the new one) still gets a successor instead of a theft verdict.
+    #: Seconds after a rotation during which the rotated-away token still gets
+    #: a successor instead of a theft verdict.
     rotation_grace_seconds: float = 20
 
 

@@ -6,14 +6,15 @@ client. The database is touched once to create, never to verify (unless
 blacklisting is on or a child token is being promoted), and once to refresh.
 
 Refresh-token lineage: the database stores ``h2 = sha256(sha256(token))`` of
-the current token. A refresh with the current token issues a child that names
-its parent's h2; the first use of the child (a refresh, or a request with the
-access token issued beside it) promotes it to current, and the replaced h2 is
-remembered with the time of the rotation. For ``rotationGracePeriod`` seconds
-after that, a rotated-away token, or a sibling of the new current one, still
-gets a successor (a child of the current token): parallel tabs, lost and
-reordered responses are not theft. Any other token of a live session is token
-theft, and the session is revoked.
+the current token. A refresh with the current token issues its child, which
+names its parent's h2 and is the same token however often it is asked for
+(see :func:`~tornado_supertokens.tokens.encrypt_refresh_token`); the first use
+of the child (a refresh, or a request with the access token issued beside it)
+promotes it to current, and the replaced h2 is remembered with the time of the
+rotation. For ``rotationGracePeriod`` seconds after that, a rotated-away token
+still gets a successor (the child of the current token): parallel tabs, lost
+and reordered responses are not theft. Any other token of a live session is
+token theft, and the session is revoked.
 """
 
 from __future__ import annotations
@@ -239,17 +240,14 @@ class SessionEngine:
             grace_ms=self._grace_ms,
         )
         if promoted is None:
-            # A sibling of the current token (parallel refreshes): its refresh
+            # The child was rotated away since (another tab moved on): the refresh
             # token decides, through refresh_session, between a successor and theft.
             if await self._storage.session_alive(payload.session_handle, now):
                 raise TryRefreshTokenError("refresh token superseded: refresh again")
             raise UnauthorisedError("session is over")
         access = await self._new_access_token(replace(payload, parent_refresh_token_hash2=None), now)
-        # The response also carries a fresh child of the now-current token, so
-        # that the client's access and refresh tokens always come from one
-        # response: the re-issued access token must never sit beside a losing
-        # sibling's refresh token, which would be judged theft once the grace
-        # period is over.
+        # The response also carries the child of the now-current token, so that
+        # the client's access and refresh tokens always come from one response.
         child = self._new_refresh_token(
             payload.session_handle, payload.user_id, sha256_hex(payload.refresh_token_hash1), promoted
         )

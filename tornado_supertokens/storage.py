@@ -200,9 +200,11 @@ class _Statements:
         # hash t2, parent's hash p2) passes if it is the stored one, its child
         # (which is then promoted: the stored hash moves to recent_hashes with
         # the time of the rotation), or, within the grace period, a token that
-        # was rotated away or a sibling of one (parallel refreshes, lost or
-        # reordered responses). Whatever passed, the caller issues a child of
-        # the hash this returns. A session past its expiry matches nothing.
+        # was rotated away (parallel refreshes, lost or reordered responses).
+        # Whatever passed, the caller issues the child of the hash this
+        # returns. (A token has one child, so a token whose parent was
+        # superseded is current or was rotated away itself: no sibling case.)
+        # A session past its expiry matches nothing.
         # (``remember`` is a fragment, never .format()ed itself: its braces are literal.)
         def recent_kept(recent: str, since: str, empty: str) -> str:
             """``recent`` without the entries older than ``since``, at most %(keep)s
@@ -234,8 +236,7 @@ class _Statements:
             " WHERE t.session_handle = v.handle AND t.user_id = v.user_id"
             " AND t.expires_at > v.now"
             " AND (t.refresh_token_hash_2 IN (v.t2, v.p2)"
-            "  OR (t.recent_hashes ->> v.t2)::bigint > v.since"
-            "  OR (t.recent_hashes ->> v.p2)::bigint > v.since)"
+            "  OR (t.recent_hashes ->> v.t2)::bigint > v.since)"
             " RETURNING v.handle, t.refresh_token_hash_2, t.jwt_user_payload"
         ).format(s=s)
         # Promotion by the first request with a child's access token.

@@ -362,3 +362,49 @@ async def test_cancelling_the_request_that_rotates_fails_no_other_signer(make_st
     assert kid_of(created) == str(hour_start() + HOUR_MS)
     with pytest.raises(asyncio.CancelledError):
         await first
+
+
+@pytest.mark.gen_test
+async def test_cleanup_deletes_signing_keys_no_token_can_need(make_st, base_config, pg_params):
+    """One key row per interval would pile up for ever: the cleanup run deletes
+    the keys created more than twice a token's longest reach ago (interval,
+    lead, validity: 3 h 5 min here), never the refresh key or a static key."""
+    start = hour_start()
+    clock = ManualClock(start + 30 * 60_000)
+    st = await make_st(ROTATING, clock=clock)
+    table = base_config["postgres"]["tables"]["signingKey"]
+    conn = pg.connect(pg_params)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:  # a static key left by an earlier configuration
+            cur.execute(f'INSERT INTO "{table}" (name, value, created_at_time) VALUES (%s, %s, 0)',
+                        (ACCESS_KEY_PREFIX + "static", "k" * 43))
+    finally:
+        conn.close()
+    made = []
+    for hour in range(8):
+        clock.set(start + hour * HOUR_MS + 30 * 60_000)
+        made.append(await st.engine.create_new_session("u"))
+    assert len(access_rows(pg_params, table)) == 8 + 1
+
+    await st.cleanup.run()  # at start + 7 h 30: keys made before start + 1 h 20 go
+    names = {name for name, _, _ in key_rows(pg_params, table)}
+    assert ACCESS_KEY_PREFIX + str(start) not in names
+    assert names >= {ACCESS_KEY_PREFIX + str(start + h * HOUR_MS) for h in range(1, 8)}
+    assert {REFRESH_KEY_NAME, ACCESS_KEY_PREFIX + "static"} <= names
+    for result in made[-2:]:  # the tokens that can still be alive verify, also in a new process
+        await verify(st, result)
+        await verify(await make_st(ROTATING, clock=clock), result)
+    assert await st.keys.delete_retired_keys() == 0  # nothing more to retire
+
+
+@pytest.mark.gen_test
+async def test_static_and_user_keys_are_never_retired(make_st, base_config, pg_params):
+    clock = ManualClock()
+    st = await make_st({"tokens": {"accessToken": {"signingKey": {"dynamic": False}}}}, clock=clock)
+    await st.engine.create_new_session("u")
+    clock.advance(hours=10_000)
+    assert await st.keys.delete_retired_keys() == 0
+    await st.cleanup.run()
+    table = base_config["postgres"]["tables"]["signingKey"]
+    assert len(access_rows(pg_params, table)) == 1

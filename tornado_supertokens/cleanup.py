@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timezone
-from typing import Optional
+from typing import Awaitable, Callable, Optional
 
 from croniter import croniter
 from tornado.ioloop import PeriodicCallback
@@ -44,8 +44,10 @@ class CleanupJob:
         *,
         batch_size: int = BATCH_SIZE,
         tick_ms: int = TICK_MS,
+        retire_keys: Optional[Callable[[], Awaitable[int]]] = None,
     ) -> None:
         self._storage = storage
+        self._retire_keys = retire_keys
         self._schedule = schedule
         self._clock = clock
         self._log = logger
@@ -94,7 +96,8 @@ class CleanupJob:
             self.runs += 1
 
     async def run(self) -> int:
-        """Delete every expired session now, batch by batch; how many were deleted."""
+        """Delete every expired session now, batch by batch, then the signing keys
+        no token can need any more; how many sessions were deleted."""
         total = 0
         while True:
             got_lock, deleted = await self._storage.delete_expired_batch(self._batch_size)
@@ -104,4 +107,8 @@ class CleanupJob:
             await asyncio.sleep(0)
         if total:
             self._log.info(f"removed {total} expired sessions")
+        if self._retire_keys is not None:
+            retired = await self._retire_keys()
+            if retired:
+                self._log.info(f"removed {retired} retired signing keys")
         return total

@@ -134,6 +134,21 @@ class KeyManager:
                 return key
         raise InvalidTokenError("unknown signing key")
 
+    async def delete_retired_keys(self) -> int:
+        """Delete the signing keys no live token can need (dynamic keys only).
+
+        A key is kept for twice as long as a token it signed can live (its
+        interval, the lead it may have been made with, the access token
+        validity), so clock skew between processes never retires a key in use.
+        The refresh-token key and a static key are never touched.
+        """
+        if self._getter is not None or not self._dynamic:
+            return 0
+        before = self._clock.now_ms() - 2 * self._retention_ms
+        return await self._storage.delete_keys_before(
+            ACCESS_KEY_PREFIX, before, keep=ACCESS_KEY_PREFIX + STATIC_KID
+        )
+
     # -- internals -------------------------------------------------------------
 
     def _kid_for(self, now_ms: int) -> str:

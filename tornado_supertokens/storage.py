@@ -187,6 +187,7 @@ class _Statements:
         ).format(k=k)
         self.delete_keys_before = q(
             "DELETE FROM {k} WHERE name LIKE %(prefix)s AND created_at_time < %(before)s"
+            " AND name <> %(keep)s RETURNING name"
         ).format(k=k)
         # Each of the next three statements serves a batch of concurrent
         # requests (see coalesce.py): parallel arrays, one element each.
@@ -480,8 +481,13 @@ class Storage:
         rows = await self._execute("keys_since", {"prefix": prefix + "%", "since": since_ms})
         return [(str(n), str(v), int(c)) for n, v, c in rows]
 
-    async def delete_keys_before(self, prefix: str, before_ms: int) -> None:
-        await self._execute("delete_keys_before", {"prefix": prefix + "%", "before": before_ms})
+    async def delete_keys_before(self, prefix: str, before_ms: int, keep: str) -> int:
+        """Delete the keys named ``prefix...`` created before ``before_ms``, except
+        ``keep``; how many."""
+        rows = await self._execute(
+            "delete_keys_before", {"prefix": prefix + "%", "before": before_ms, "keep": keep}
+        )
+        return len(rows)
 
     # -- sessions -------------------------------------------------------------
 

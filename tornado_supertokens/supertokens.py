@@ -68,7 +68,8 @@ class SuperTokens:
             raise
         engine = SessionEngine(cfg, storage, keys, clock, logger, cache_size=cache_size)
         cleanup = CleanupJob(
-            storage, cfg.tokens.refresh_token.removal_cronjob_interval, clock, logger
+            storage, cfg.tokens.refresh_token.removal_cronjob_interval, clock, logger,
+            retire_keys=keys.delete_retired_keys,
         )
         if start_cleanup:
             cleanup.start()

@@ -64,9 +64,9 @@ gaps of any length at rest (seconds to weeks).
 What "legitimate" means
 =======================
 
-A refresh token that was rotated away, or a sibling of the current one, is
-accepted for ``GRACE_S`` (the ``rotationGracePeriod``) after the rotation and
-is theft after that. A browser that holds such a token and falls silent for
+A refresh token that was rotated away is accepted for ``GRACE_S`` (the
+``rotationGracePeriod``) after the rotation and is theft after that (a token
+has one child, so there are no siblings to consider). A browser that holds such a token and falls silent for
 longer than that is, seen from the server, a stolen-token replay: no server
 can tell them apart. So the model bounds the network, not the user:
 

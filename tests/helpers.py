@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
 import aiopg
 
@@ -136,6 +141,45 @@ class CountingPool(WrappedPool):
     async def execute(self, acq: Acquisition, cur: Any, operation: Any, parameters: Any) -> Any:
         self.statements.append(str(operation))
         return await cur.execute(operation, parameters)
+
+
+def drop_tables(pg_params: dict, *names: str) -> None:
+    from tornado_supertokens.testing import connect
+
+    conn = connect(pg_params)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for name in names:
+                cur.execute(f'DROP TABLE IF EXISTS "{name}"')
+    finally:
+        conn.close()
+
+
+def run_at_a_barrier(
+    argv: Sequence[str], n: int, *, cwd: Path, env: Optional[dict] = None, timeout: float = 60
+) -> list[Any]:
+    """Run ``n`` copies of ``argv + [barrier_dir, n]`` (they meet at the barrier
+    directory so that they really start together); each must exit 0 and print a
+    JSON document on its last line: those, in order."""
+    with tempfile.TemporaryDirectory() as barrier:
+        procs = [
+            subprocess.Popen([sys.executable, *argv, barrier, str(n)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, cwd=str(cwd), env=env)
+            for _ in range(n)
+        ]
+        outputs = []
+        try:
+            for proc in procs:
+                out, err = proc.communicate(timeout=timeout)  # hang guard
+                assert proc.returncode == 0, err
+                outputs.append(json.loads(out.strip().splitlines()[-1]))
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    return outputs
 
 
 async def make_pool(pg_params: dict, maxsize: int = 10) -> aiopg.Pool:

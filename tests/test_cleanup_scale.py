@@ -20,7 +20,6 @@ import os
 import random
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -32,7 +31,7 @@ from tornado_supertokens.cleanup import BATCH_SIZE, CleanupJob
 from tornado_supertokens.clock import ManualClock, SystemClock
 
 import pg
-from helpers import Acquisition, WrappedPool, make_pool
+from helpers import Acquisition, WrappedPool, make_pool, run_at_a_barrier
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "cleanup_worker.py"
@@ -420,26 +419,8 @@ def test_cleanup_at_full_scale_in_three_processes(pg_params, table_suffix):
         bulk_insert(pg_params, tables["refreshTokens"], FULL_EXPIRED, FULL_LIVE)
         insert_s = time.perf_counter() - t0
 
-        with tempfile.TemporaryDirectory() as barrier:
-            procs = [
-                subprocess.Popen(
-                    [sys.executable, str(WORKER), json.dumps(config), barrier, str(PROCESSES)],
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO),
-                    env=env,
-                )
-                for _ in range(PROCESSES)
-            ]
-            outputs = []
-            try:
-                for proc in procs:
-                    out, err = proc.communicate(timeout=1200)  # hang guard
-                    assert proc.returncode == 0, err
-                    outputs.append(json.loads(out.strip().splitlines()[-1]))
-            finally:
-                for proc in procs:
-                    if proc.poll() is None:
-                        proc.kill()
-                        proc.wait()
+        outputs = run_at_a_barrier([str(WORKER), json.dumps(config)], PROCESSES, cwd=REPO,
+                                   env=env, timeout=1200)
 
         assert sum(o["deleted"] for o in outputs) == FULL_EXPIRED
         assert counts(pg_params, tables["refreshTokens"]) == {LIVE_USER: FULL_LIVE}

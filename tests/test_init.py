@@ -31,7 +31,7 @@ from tornado_supertokens.clock import ManualClock
 
 import pg
 from conftest import deep_merge
-from helpers import make_pool
+from helpers import drop_tables, make_pool
 
 #: Hang guard for one operation: turns a hang into a failure (not a timing assertion).
 HANG_GUARD_S = 20
@@ -43,16 +43,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
-
-def drop_tables(params: dict, *names: str) -> None:
-    conn = pg.connect(params)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            for name in names:
-                cur.execute(f'DROP TABLE IF EXISTS "{name}"')
-    finally:
-        conn.close()
 
 
 def config_for(params: dict, suffix: str, **tokens: Any) -> dict:

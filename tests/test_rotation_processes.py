@@ -34,7 +34,7 @@ from tornado_supertokens.keys import ACCESS_KEY_PREFIX, NEXT_KEY_LEAD_MS, ROTATI
 from tornado_supertokens.tokens import access_token_kid
 
 import pg
-from helpers import Acquisition, WrappedPool, make_pool
+from helpers import Acquisition, WrappedPool, drop_tables, make_pool
 
 HOUR_MS = 3_600_000
 REPO = Path(__file__).resolve().parent.parent
@@ -71,16 +71,6 @@ def key_statements(answer: dict, keys_table: str) -> int:
     """How many of a child's statements were on the signing-key table."""
     return sum(f'"{keys_table}"' in text for text in answer["statements_text"])
 
-
-def drop_tables(pg_params: dict, *names: str) -> None:
-    conn = pg.connect(pg_params)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            for name in names:
-                cur.execute(f'DROP TABLE IF EXISTS "{name}"')
-    finally:
-        conn.close()
 
 
 # -- three OS processes --------------------------------------------------------------

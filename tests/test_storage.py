@@ -10,9 +10,6 @@ import asyncio
 import hashlib
 import json
 import os
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +23,7 @@ from tornado_supertokens.clock import ManualClock
 from tornado_supertokens.keys import ACCESS_KEY_PREFIX, REFRESH_KEY_NAME
 
 import pg
-from helpers import CountingPool, make_pool
+from helpers import CountingPool, drop_tables, make_pool, run_at_a_barrier
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -71,16 +68,6 @@ def query(pg_params: dict, sql: str, params: Any = None) -> list[tuple]:
     finally:
         conn.close()
 
-
-def drop_tables(pg_params: dict, *names: str) -> None:
-    conn = pg.connect(pg_params)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            for name in names:
-                cur.execute(f'DROP TABLE IF EXISTS "{name}"')
-    finally:
-        conn.close()
 
 
 def indexes_of(pg_params: dict, table: str) -> dict[str, str]:
@@ -393,26 +380,7 @@ async def test_concurrent_first_start_of_eight_processes(pg_params, table_suffix
     ))
     n = 8
     try:
-        with tempfile.TemporaryDirectory() as barrier:
-            procs = [
-                subprocess.Popen(
-                    [sys.executable, "-c", CHILD, json.dumps(config), barrier, str(n)],
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO),
-                    env=env,
-                )
-                for _ in range(n)
-            ]
-            outputs = []
-            try:
-                for proc in procs:
-                    out, err = proc.communicate(timeout=60)  # hang guard
-                    assert proc.returncode == 0, err
-                    outputs.append(json.loads(out.strip().splitlines()[-1]))
-            finally:
-                for proc in procs:
-                    if proc.poll() is None:
-                        proc.kill()
-                        proc.wait()
+        outputs = run_at_a_barrier(["-c", CHILD, json.dumps(config)], n, cwd=REPO, env=env)
         assert len({o["refresh_key"] for o in outputs}) == 1
         assert all(o["kids"] == ["static"] for o in outputs)
 

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tornado_supertokens.supertokens import SuperTokens  # noqa: E402
 
 import pg  # noqa: E402
+from helpers import CountingPool, make_pool  # noqa: E402
 
 
 def pytest_collection_modifyitems(config: Any, items: list) -> None:
@@ -110,3 +111,35 @@ def make_st(io_loop: Any, base_config: dict, pg_params: dict) -> Any:
                 cur.execute(f'DROP TABLE IF EXISTS "{name}"')
     finally:
         conn.close()
+
+
+@pytest.fixture
+def raw_pools(io_loop: Any, pg_params: dict) -> Any:
+    """``await raw_pools(maxsize=10)`` -> an aiopg pool on the test database,
+    closed after the test."""
+    pools: list[Any] = []
+
+    async def make(maxsize: int = 10) -> Any:
+        pool = await make_pool(pg_params, maxsize)
+        pools.append(pool)
+        return pool
+
+    yield make
+
+    async def close_all() -> None:
+        for pool in pools:
+            if not pool.closed:
+                pool.close()
+                await pool.wait_closed()
+
+    io_loop.run_sync(close_all)
+
+
+@pytest.fixture
+def counting_pool(raw_pools: Any) -> Any:
+    """``await counting_pool(maxsize=10)`` -> a CountingPool, closed after the test."""
+
+    async def make(maxsize: int = 10) -> CountingPool:
+        return CountingPool(await raw_pools(maxsize))
+
+    return make

@@ -143,6 +143,20 @@ class CountingPool(WrappedPool):
         return await cur.execute(operation, parameters)
 
 
+def query(pg_params: dict, sql: str, params: Any = None) -> list[tuple]:
+    """Run one statement on a fresh autocommit connection; its rows (if any)."""
+    from tornado_supertokens.testing import connect
+
+    conn = connect(pg_params)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return list(cur.fetchall()) if cur.description else []
+    finally:
+        conn.close()
+
+
 def drop_tables(pg_params: dict, *names: str) -> None:
     from tornado_supertokens.testing import connect
 

@@ -9,29 +9,6 @@ import pytest
 from tornado_supertokens import StorageUnavailableError, TokenTheftDetectedError
 from tornado_supertokens.coalesce import Coalescer
 
-from helpers import CountingPool, make_pool
-
-
-@pytest.fixture
-def counting_pool(io_loop, pg_params):
-    pools = []
-
-    async def make(maxsize: int = 10) -> CountingPool:
-        pool = CountingPool(await make_pool(pg_params, maxsize=maxsize))
-        pools.append(pool)
-        return pool
-
-    yield make
-
-    async def close() -> None:
-        for pool in pools:
-            if not pool.closed:
-                pool.close()
-                await pool.wait_closed()
-
-    io_loop.run_sync(close)
-
-
 # -- the generic mechanism -------------------------------------------------------
 
 

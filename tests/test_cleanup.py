@@ -23,7 +23,7 @@ from tornado_supertokens.log import Logger
 from tornado_supertokens.storage import Storage
 
 import pg
-from helpers import CountingPool, make_pool
+from helpers import make_pool
 
 DEFAULT_SCHEDULE = "0 0 0 1-31/7 * *"
 YEAR_MS = 365 * 24 * 3_600_000
@@ -101,24 +101,6 @@ async def make_expired_and_live(make_st: Any, pool: Any, n_expired: int, n_live:
     return live, expired, alive
 
 
-@pytest.fixture
-def counting_pool(io_loop: Any, pg_params: dict) -> Any:
-    pools: list[CountingPool] = []
-
-    async def make(maxsize: int = 10) -> CountingPool:
-        pool = CountingPool(await make_pool(pg_params, maxsize))
-        pools.append(pool)
-        return pool
-
-    yield make
-
-    async def close_all() -> None:
-        for pool in pools:
-            if not pool.closed:
-                pool.close()
-                await pool.wait_closed()
-
-    io_loop.run_sync(close_all)
 
 
 @pytest.mark.gen_test

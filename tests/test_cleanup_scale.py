@@ -31,7 +31,7 @@ from tornado_supertokens.cleanup import BATCH_SIZE, CleanupJob
 from tornado_supertokens.clock import ManualClock, SystemClock
 
 import pg
-from helpers import Acquisition, WrappedPool, make_pool, run_at_a_barrier
+from helpers import Acquisition, WrappedPool, query, run_at_a_barrier
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "cleanup_worker.py"
@@ -42,17 +42,6 @@ TEN_YEARS_MS = 10 * 365 * 24 * 3_600_000
 DB_NOW_MS = "(extract(epoch from clock_timestamp()) * 1000)::bigint"
 LIVE_USER = '"live"'
 OLD_USER = '"old"'
-
-
-def query(pg_params: dict, sql: str, params: Any = None) -> list[tuple]:
-    conn = pg.connect(pg_params)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return list(cur.fetchall()) if cur.description else []
-    finally:
-        conn.close()
 
 
 def bulk_insert(pg_params: dict, table: str, expired: int, live: int) -> None:
@@ -153,22 +142,11 @@ def is_update(statement: str) -> bool:
 
 
 @pytest.fixture
-def holding_pool(io_loop: Any, pg_params: dict) -> Any:
-    pools: list[Any] = []
-
+def holding_pool(raw_pools: Any) -> Any:
     async def make() -> HoldingPool:
-        raw = await make_pool(pg_params)
-        pools.append(raw)
-        return HoldingPool(raw)
+        return HoldingPool(await raw_pools())
 
-    yield make
-
-    async def close_all() -> None:
-        for pool in pools:
-            pool.close()
-            await pool.wait_closed()
-
-    io_loop.run_sync(close_all)
+    return make
 
 
 # -- several cleaners at once ----------------------------------------------------------

@@ -34,7 +34,7 @@ from tornado_supertokens.keys import ACCESS_KEY_PREFIX, NEXT_KEY_LEAD_MS, ROTATI
 from tornado_supertokens.tokens import access_token_kid
 
 import pg
-from helpers import Acquisition, WrappedPool, drop_tables, make_pool
+from helpers import Acquisition, WrappedPool, drop_tables
 
 HOUR_MS = 3_600_000
 REPO = Path(__file__).resolve().parent.parent
@@ -337,22 +337,11 @@ async def verify(st: Any, result: Any) -> Any:
 
 
 @pytest.fixture
-def flaky_pool(io_loop: Any, pg_params: dict, base_config: dict) -> Any:
-    pools: list[Any] = []
-
+def flaky_pool(raw_pools: Any, base_config: dict) -> Any:
     async def make() -> FlakyPool:
-        raw = await make_pool(pg_params)
-        pools.append(raw)
-        return FlakyPool(raw, base_config["postgres"]["tables"]["signingKey"])
+        return FlakyPool(await raw_pools(), base_config["postgres"]["tables"]["signingKey"])
 
-    yield make
-
-    async def close_all() -> None:
-        for pool in pools:
-            pool.close()
-            await pool.wait_closed()
-
-    io_loop.run_sync(close_all)
+    return make
 
 
 @pytest.mark.gen_test

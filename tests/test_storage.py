@@ -22,8 +22,7 @@ from tornado_supertokens import (
 from tornado_supertokens.clock import ManualClock
 from tornado_supertokens.keys import ACCESS_KEY_PREFIX, REFRESH_KEY_NAME
 
-import pg
-from helpers import CountingPool, drop_tables, make_pool, run_at_a_barrier
+from helpers import drop_tables, query, run_at_a_barrier
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -38,35 +37,6 @@ def mid_day_clock() -> ManualClock:
     return ManualClock(now - now % DAY_MS + DAY_MS // 2)
 
 
-@pytest.fixture
-def counting_pool(io_loop: Any, pg_params: dict) -> Any:
-    """``await counting_pool()`` -> a CountingPool, closed after the test."""
-    pools: list[CountingPool] = []
-
-    async def make(maxsize: int = 10) -> CountingPool:
-        pool = CountingPool(await make_pool(pg_params, maxsize))
-        pools.append(pool)
-        return pool
-
-    yield make
-
-    async def close_all() -> None:
-        for pool in pools:
-            pool.close()
-            await pool.wait_closed()
-
-    io_loop.run_sync(close_all)
-
-
-def query(pg_params: dict, sql: str, params: Any = None) -> list[tuple]:
-    conn = pg.connect(pg_params)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return list(cur.fetchall()) if cur.description else []
-    finally:
-        conn.close()
 
 
 

@@ -45,7 +45,7 @@ from tornado_supertokens.tokens import (
     new_key,
 )
 
-from helpers import CountingPool, make_pool
+from helpers import CountingPool
 
 B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 #: Mid-interval, so no key rotation can happen during a test.
@@ -100,24 +100,6 @@ def char_variants(token: str) -> Iterator[str]:
         yield token[:i] + B64_ALPHABET[B64_ALPHABET.index(c) ^ 0b100000] + token[i + 1:]
 
 
-@pytest.fixture
-def counting_pool(io_loop: Any, pg_params: dict) -> Any:
-    """``await counting_pool()`` -> a CountingPool, closed after the test."""
-    pools: list[CountingPool] = []
-
-    async def make(maxsize: int = 10) -> CountingPool:
-        pool = CountingPool(await make_pool(pg_params, maxsize))
-        pools.append(pool)
-        return pool
-
-    yield make
-
-    async def close_all() -> None:
-        for pool in pools:
-            pool.close()
-            await pool.wait_closed()
-
-    io_loop.run_sync(close_all)
 
 
 def mid_interval_clock() -> ManualClock:

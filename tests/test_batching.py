@@ -37,6 +37,63 @@ async def test_lone_request_runs_at_once_and_busy_ones_join_the_next_batch():
 
 
 @pytest.mark.gen_test
+async def test_a_statement_carries_at_most_max_batch_and_at_most_max_in_flight_run():
+    batches: list[list[str]] = []
+    running = 0
+    most_running = 0
+    release = asyncio.Event()
+
+    async def run(items):
+        nonlocal running, most_running
+        batches.append([k for k, _ in items])
+        running += 1
+        most_running = max(most_running, running)
+        await release.wait()
+        running -= 1
+        return {k: v for k, v in items}
+
+    c: Coalescer[str, int, int] = Coalescer(run, max_batch=4, max_in_flight=2)
+    calls = [asyncio.ensure_future(c.submit(f"k{i}", i)) for i in range(11)]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    # The first two found a free slot and went alone; nine wait for a slot.
+    assert batches == [["k0"], ["k1"]]
+    release.set()
+    assert await asyncio.gather(*calls) == list(range(11))
+    # Each freed slot took at most four of the waiting requests.
+    assert [len(b) for b in batches] == [1, 1, 4, 4, 1]
+    assert sorted(k for b in batches for k in b) == sorted(f"k{i}" for i in range(11))
+    assert most_running == 2
+
+
+@pytest.mark.gen_test
+async def test_by_default_statements_carry_16_and_three_overlap():
+    # Why these numbers: see the module docstring of coalesce.py.
+    sizes: list[int] = []
+    running = 0
+    most_running = 0
+    release = asyncio.Event()
+
+    async def run(items):
+        nonlocal running, most_running
+        sizes.append(len(items))
+        running += 1
+        most_running = max(most_running, running)
+        await release.wait()
+        running -= 1
+        return {k: v for k, v in items}
+
+    c: Coalescer[int, int, int] = Coalescer(run)
+    calls = [asyncio.ensure_future(c.submit(i, i)) for i in range(64)]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    release.set()
+    assert await asyncio.gather(*calls) == list(range(64))
+    assert sizes == [1, 1, 1, 16, 16, 16, 13]
+    assert most_running == 3
+
+
+@pytest.mark.gen_test
 async def test_same_key_never_shares_a_batch_and_keeps_its_order():
     batches: list[list[tuple[str, int]]] = []
 

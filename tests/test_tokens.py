@@ -327,6 +327,31 @@ async def test_malformed_and_non_canonical_access_tokens_are_try_refresh(make_st
 
 
 @pytest.mark.gen_test
+async def test_malformed_headers_are_try_refresh(make_st, counting_pool):
+    # The kid is read from the header segment before any verification: whatever
+    # that segment holds, a correctly signed token with a bad header is refused.
+    s = await setup(make_st, counting_pool)
+    body = b64e(json.dumps(s.claims, separators=(",", ":")).encode())
+    headers = [
+        b"", b"not json", b"[]", b"42", b'"HS256"', b"null", b"\xff\xfe{}", b'{"kid": 1}',
+        b'{"alg":"HS256","typ":"JWT","kid":["' + s.kid.encode() + b'"]}',
+        b'{"alg":"HS256","typ":"JWT"}', b'{"alg":"HS256","typ":"JWT","kid":"nope"}',
+        b"[" * 100_000,  # deeper than the JSON parser goes, and longer than a token may be
+        b"[" * 1_000,
+    ]
+    for raw in headers:
+        signing_input = b64e(raw) + "." + body
+        sig = hmac.new(s.key, signing_input.encode(), hashlib.sha256).digest()
+        await s.assert_try_refresh(signing_input + "." + b64e(sig))
+    # Positive control: the same assembly with the real header verifies.
+    raw = json.dumps(s.header, separators=(",", ":")).encode()
+    signing_input = b64e(raw) + "." + body
+    good = signing_input + "." + b64e(hmac.new(s.key, signing_input.encode(), hashlib.sha256).digest())
+    assert (await s.verify(good)).session.handle == s.created.session.handle
+    assert s.pool.count == 0
+
+
+@pytest.mark.gen_test
 async def test_over_long_access_token_is_rejected_before_decoding(
     make_st, counting_pool, monkeypatch
 ):
@@ -334,7 +359,7 @@ async def test_over_long_access_token_is_rejected_before_decoding(
     header = {"alg": "HS256", "typ": "JWT", "kid": s.kid}
     calls: list[str] = []
     real_decode = tokens_module._JWS.decode_complete
-    real_header = tokens_module.jwt.get_unverified_header
+    real_header = tokens_module._unverified_header
 
     def recording_decode(*args: Any, **kwargs: Any) -> Any:
         calls.append("decode")
@@ -345,7 +370,7 @@ async def test_over_long_access_token_is_rejected_before_decoding(
         return real_header(*args, **kwargs)
 
     monkeypatch.setattr(tokens_module._JWS, "decode_complete", recording_decode)
-    monkeypatch.setattr(tokens_module.jwt, "get_unverified_header", recording_header)
+    monkeypatch.setattr(tokens_module, "_unverified_header", recording_header)
 
     def authentic(pad: int) -> str:
         # Correctly signed with the real key: only its length is wrong.
@@ -644,3 +669,5 @@ def test_access_tokens_are_what_pyjwt_itself_writes(user, data, kid, parent):
     assert ours == jwt.encode(claims, key.encode(), algorithm="HS256",
                               headers={"kid": kid} if kid is not None else None)
     assert jwt.decode(ours, key.encode(), algorithms=["HS256"]) == claims
+    # The kid is read from the header segment alone, and agrees with PyJWT's reading.
+    assert access_token_kid(ours) == jwt.get_unverified_header(ours).get("kid") == kid

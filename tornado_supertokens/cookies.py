@@ -196,13 +196,15 @@ def _set(
     header = f"{name}={encoded}{head}{http_date(expires_ms)}{tail}"
     headers = handler._headers  # noqa: SLF001 (Tornado has no remover for one value)
     existing = headers.get_list("Set-Cookie")
-    if existing:
-        prefix = f"{name}="
-        if any(h.startswith(prefix) for h in existing):
-            handler.clear_header("Set-Cookie")
-            for other in existing:
-                if not other.startswith(prefix):
-                    handler.add_header("Set-Cookie", other)
+    prefix = f"{name}="
+    if existing and any(h.startswith(prefix) for h in existing):
+        # Replaced, never deleted: Tornado before 6.6 raises KeyError when a
+        # header with several values is deleted (HTTPHeaders.__delitem__).
+        kept = [h for h in existing if not h.startswith(prefix)] + [header]
+        headers["Set-Cookie"] = kept[0]
+        for other in kept[1:]:
+            headers.add("Set-Cookie", other)
+        return
     # Straight into the headers: Tornado's character check of add_header
     # cannot fail here (URL-encoded value, attributes validated by the config).
     headers.add("Set-Cookie", header)
@@ -259,7 +261,16 @@ def clear_session(handler: RequestHandler, config: Config) -> None:
         _set(handler, config, name, "", _EPOCH_PLUS_ONE_MS, path, httponly)
     handler.set_header(ID_REFRESH_TOKEN_HEADER, "remove")
     _add_exposed(handler, ID_REFRESH_TOKEN_HEADER)
-    handler.clear_header(ANTI_CSRF_HEADER)
+    _remove_header(handler, ANTI_CSRF_HEADER)
+
+
+def _remove_header(handler: RequestHandler, name: str) -> None:
+    """``clear_header`` that also works on Tornado before 6.6, whose
+    ``HTTPHeaders.__delitem__`` raises KeyError for a header added twice."""
+    headers = handler._headers  # noqa: SLF001
+    if name in headers:
+        headers[name] = ""  # one value now, in both of Tornado's internal maps
+        del headers[name]
 
 
 def set_options_headers(handler: RequestHandler) -> None:

@@ -351,6 +351,7 @@ class Proxy:
         self._upstream = upstream
         self._server: Optional[asyncio.AbstractServer] = None
         self._pairs: set[_Pair] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
         self.swallow = False
         self.cut = False
@@ -362,18 +363,32 @@ class Proxy:
 
     async def close_port(self) -> None:
         if self._server is not None:
+            # close() stops listening at once. Not wait_closed(): since Python
+            # 3.12 it also waits for the open connections, which stay open here.
             self._server.close()
-            await self._server.wait_closed()
             self._server = None
 
     def reset_all(self) -> None:
         for pair in list(self._pairs):
             pair.reset()
 
+    async def stop(self) -> None:
+        """Refuse new connections, reset the open ones, and let their tasks end."""
+        await self.close_port()
+        self.reset_all()
+        for task in list(self._tasks):
+            task.cancel()  # a pair whose client never read again still waits on it
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+
     def cut_next_reply(self) -> None:
         self.cut = True
 
     async def _serve(self, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         try:
             ureader, uwriter = await self._upstream()
         except OSError:
@@ -439,8 +454,7 @@ async def proxy_to(params: dict) -> AsyncIterator[Proxy]:
     try:
         yield proxy
     finally:
-        await proxy.close_port()
-        proxy.reset_all()
+        await proxy.stop()
 
 
 def via(proxy: Proxy) -> dict:

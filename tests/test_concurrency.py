@@ -101,15 +101,23 @@ Decisions and findings
   the first child (its new access token) could land in the jar after the
   second child's refresh response and before that tab's retry was sent; the
   jar then rested with the winner's access token and the loser's refresh
-  token, and the loser, presented after the grace period, was judged theft.
-  A promotion's response now also carries a child of the current refresh
-  token, so the jar's pair always comes from one response
+  token, and the loser, presented after the grace period, was judged theft
   (``test_promotion_response_landing_between_a_refresh_and_its_retry``).
+  Fixed for good by one child per token: two refreshes of one parent return
+  the same token, so there is no loser.
+- Finding 3 (fixed): promotion responses then also carried a child of the
+  promoted token. Calls are not serialised like refreshes, so such a
+  response could land after two later rotations and take the jar back to a
+  token rotated away since (``test_promotion_response_landing_after_two_later_rotations``).
+  A promotion's response now carries an access token only (the wire
+  contract: ``sRefreshToken`` on create and refresh); the jar's refresh token
+  comes from its last refresh.
   The attacker replays only tokens out of the lineage: neither the current
   token nor a child of it.
 - Schedules are generated with ``st.data()``: the events possible depend on
   the state. Every choice is a uniform draw; each schedule draws its own mix
-  of event kinds (swarm testing). A fixed seed per test keeps CI stable; each
+  of event kinds (swarm testing). A fixed seed per test keeps CI stable
+  (``TS_PROPERTY_SEED=<n>`` explores other schedules, without shrinking); each
   schedule runs in a time span of its own (keys and expiries of one schedule
   never reach the next), so every schedule replays exactly.
 """
@@ -118,6 +126,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import random
 import zlib
 from dataclasses import dataclass
@@ -400,9 +409,13 @@ class Browser:
         tab.message = None
         if message.kind == "call":
             if message.outcome == "ok":
-                if message.value is not None:
-                    self.jar.access, self.jar.refresh = message.value
-                    self.history.append(self.jar.refresh)
+                if message.value is not None:  # the tokens the response carries
+                    access, refresh = message.value
+                    if access is not None:
+                        self.jar.access = access
+                    if refresh is not None:
+                        self.jar.refresh = refresh
+                        self.history.append(refresh)
                 tab.state = IDLE
             else:
                 tab.state = WANT_REFRESH
@@ -429,9 +442,12 @@ class Browser:
                 access = result.tokens.access_token
                 refresh = result.tokens.refresh_token
                 message.outcome = "ok"
-                # A promotion's response carries the new access token and a
-                # child of the current refresh token: the browser stores both.
-                message.value = (access.value, refresh.value) if access else None
+                # Whatever tokens the response carries, the browser stores (a
+                # promotion's response: a new access token, no refresh token).
+                message.value = (
+                    (access.value if access else None, refresh.value if refresh else None)
+                    if access or refresh else None
+                )
                 if refresh is not None:
                     self.learn(refresh.value)
                     self.issued.append(refresh.value)
@@ -466,8 +482,10 @@ class Browser:
             detail = f"child {self.name(message.value.refresh, 'refresh')}"
         elif message.value is not None:
             access, refresh = message.value
-            detail += (f", new access token {self.name(access, 'access')}"
-                       f" and refresh token {self.name(refresh, 'refresh')}")
+            if access is not None:
+                detail += f", new access token {self.name(access, 'access')}"
+            if refresh is not None:
+                detail += f", new refresh token {self.name(refresh, 'refresh')}"
         self.say(f"p{message.process} serves m{message.id}: {detail}")
 
     # -- rest ----------------------------------------------------------------------------
@@ -655,12 +673,14 @@ class Browser:
     # -- the end of a schedule -------------------------------------------------------------
 
     def take_promotion(self, result: Any) -> None:
-        """The browser stores a promotion's new access token and refresh token."""
+        """The browser stores the tokens a promotion's response carries."""
         self.jar.access = result.tokens.access_token.value
-        self.jar.refresh = result.tokens.refresh_token.value
-        self.learn(self.jar.refresh)
-        self.issued.append(self.jar.refresh)
-        self.history.append(self.jar.refresh)
+        refresh = result.tokens.refresh_token
+        if refresh is not None:
+            self.jar.refresh = refresh.value
+            self.learn(self.jar.refresh)
+            self.issued.append(self.jar.refresh)
+            self.history.append(self.jar.refresh)
 
     async def protected_call(self, what: str) -> bool:
         """One POST the way the SDK makes it; True if it needed a refresh."""
@@ -721,9 +741,8 @@ async def run_schedule(
         assert await browser.protected_call("call after access-token expiry"), "no refresh"
         clock.advance(seconds=GRACE_S + 1)
         # An independent client replays a token of the legitimate browser's past.
-        # Out of lineage: neither the current token nor a child of it (a
-        # promotion's response also hands out a child of the current token;
-        # such a child is as valid as the jar's own and is no replay).
+        # Out of lineage: neither the current token nor a child of it (a child
+        # of the current token is as valid as the jar's own and is no replay).
         current = await current_hash2(processes[0], browser.handle)
 
         def out_of_lineage(token: str) -> bool:
@@ -761,14 +780,14 @@ def property_test(
     STATS.clear()
     phases = [Phase.explicit, Phase.reuse, Phase.generate]
 
-    @seed(zlib.crc32(label.encode()))
+    @seed(int(os.environ.get("TS_PROPERTY_SEED", zlib.crc32(label.encode()))))
     @settings(
         max_examples=max_examples,
         deadline=None,
         database=None,
         report_multiple_bugs=False,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-        phases=[*phases, Phase.shrink] if shrink else phases,
+        phases=[*phases, Phase.shrink] if shrink and not os.environ.get("TS_PROPERTY_SEED") else phases,
     )
     @given(st.data())
     def schedule(data: Any) -> None:
@@ -799,7 +818,11 @@ def assert_not_vacuous(stats: dict[str, int], examples: int) -> None:
     for event in (
         "second children of one parent (the same token)",
         "refreshes with a superseded token (grace)",
-        "jar went back to an older refresh token",
+        # (No "jar went back to an older refresh token": only refresh responses
+        # carry one, and two refreshes of one parent return the same token, so
+        # the jar can only go back when refreshes of different parents overlap.
+        # That takes an access token issued by one refresh to expire while an
+        # earlier refresh is in flight: longer than LATENCY_S. Counted, not required.)
         "try-refresh for an unexpired access token",
         "broken locks",
         # (No "replays of a lost token": a child is a function of its parent, so a
@@ -880,8 +903,7 @@ async def run_concurrent_browser(
                         await refresh_unless_done(pre_irt)
                 continue
             if result.tokens.access_token is not None:
-                jar.access = result.tokens.access_token.value
-                jar.refresh = result.tokens.refresh_token.value
+                absorb(jar, result)
             return
         raise AssertionError("a tab did not get through in 20 attempts")
 
@@ -947,6 +969,14 @@ async def two_processes(make_st: Any, overrides: Optional[dict] = None) -> tuple
     return clock, p0.engine, p1.engine
 
 
+def absorb(jar: Jar, result: Any) -> None:
+    """The browser stores whatever tokens a call's response carries."""
+    if result.tokens.access_token is not None:
+        jar.access = result.tokens.access_token.value
+    if result.tokens.refresh_token is not None:
+        jar.refresh = result.tokens.refresh_token.value
+
+
 def jar_of(result: Any) -> Jar:
     t = result.tokens
     return Jar(t.access_token.value, t.refresh_token.value, t.anti_csrf_token, t.id_refresh_token.value)
@@ -975,8 +1005,7 @@ async def test_two_refreshes_from_one_parent_across_two_processes_user_stays_log
     # The jar's access token names the same child: it is simply accepted.
     promoted = await p0.get_session(jar.access, jar.anti_csrf, True)
     if promoted.tokens.access_token is not None:
-        jar.access = promoted.tokens.access_token.value
-        jar.refresh = promoted.tokens.refresh_token.value
+        absorb(jar, promoted)
 
     # Logged in from now on: calls on both processes, refreshes long after
     # the grace period, alternating processes.
@@ -989,8 +1018,7 @@ async def test_two_refreshes_from_one_parent_across_two_processes_user_stays_log
         jar = jar_of(await (p0, p1)[i % 2].refresh_session(jar.refresh))
         promoted = await (p1, p0)[i % 2].get_session(jar.access, jar.anti_csrf, True)
         if promoted.tokens.access_token is not None:
-            jar.access = promoted.tokens.access_token.value
-            jar.refresh = promoted.tokens.refresh_token.value
+            absorb(jar, promoted)
     # The child of that storm was rotated away long ago: after the window it is the outsider.
     with pytest.raises(TokenTheftDetectedError):
         await p0.refresh_session(first.refresh)
@@ -1001,32 +1029,65 @@ async def test_late_promotion_response_after_a_refresh_and_its_promotion(make_st
     """Found by the real-concurrency test below. Three tabs, one jar:
 
     X sends a call with the jar's child access token (it promotes the child;
-    its response, carrying a grandchild, is slow); the access token expires;
-    Y refreshes with the child and Z's call promotes Y's new token; then X's
-    response lands last. With random child tokens the jar then held a
-    sibling of the current token, judged theft once the grace period was
-    over. A child is now a function of its parent: X's grandchild is Y's,
-    the current token."""
+    its response is slow); the access token expires; Y refreshes with the
+    child and Z's call promotes Y's new token; then X's response lands last.
+    When promotion responses carried a new random refresh token, the jar then
+    held a sibling of the current token, judged theft once the grace period
+    was over. A promotion's response now carries an access token only."""
     clock, p0, p1 = await two_processes(make_st)
     jar = jar_of(await p0.create_new_session("late-promotion"))
     clock.advance(seconds=ACCESS_VALIDITY_S + 1)
     jar = jar_of(await p0.refresh_session(jar.refresh))  # the child: not yet promoted
 
     x = await p1.get_session(jar.access, jar.anti_csrf, False)  # X: promotes the child
-    assert x.tokens.refresh_token is not None  # ... and its response is in flight
+    assert x.tokens.access_token is not None  # ... and its response is in flight
     clock.advance(seconds=ACCESS_VALIDITY_S + 1)
     with pytest.raises(TryRefreshTokenError):  # Y: the child's access token expired
         await p0.get_session(jar.access, jar.anti_csrf, False)
     jar = jar_of(await p0.refresh_session(jar.refresh))
     z = await p1.get_session(jar.access, jar.anti_csrf, False)  # Z promotes Y's token
-    jar.access, jar.refresh = z.tokens.access_token.value, z.tokens.refresh_token.value
-    jar.access, jar.refresh = x.tokens.access_token.value, x.tokens.refresh_token.value  # X lands
+    absorb(jar, z)
+    absorb(jar, x)  # X lands
 
     clock.advance(seconds=ACCESS_VALIDITY_S + GRACE_S)
     with pytest.raises(TryRefreshTokenError):
         await p0.get_session(jar.access, jar.anti_csrf, False)
     jar = jar_of(await p1.refresh_session(jar.refresh))  # was: TokenTheftDetectedError
     await p0.get_session(jar.access, jar.anti_csrf, False)
+
+
+@pytest.mark.gen_test
+async def test_promotion_response_landing_after_two_later_rotations(make_st):
+    """Found by the property test (``TS_PROPERTY_SEED=6``, and the default seed
+    on Python 3.9), written out. A call promotes the jar's child R1; its
+    response is slow. Meanwhile the tab's other calls go on: twice the access
+    token expires, the jar refreshes and a call promotes the new child. Then
+    the slow response lands last. When a promotion's response also carried a
+    child of the promoted token (R2), the jar went back to R2, rotated away
+    two generations ago: after a silence longer than the grace period, the
+    user was judged a thief. A promotion's response carries an access token
+    only, so the jar keeps the refresh token of its last refresh."""
+    clock, p0, p1 = await two_processes(make_st)
+    jar = jar_of(await p0.create_new_session("late-promotion-2"))
+    clock.advance(seconds=ACCESS_VALIDITY_S + 1)
+    jar = jar_of(await p0.refresh_session(jar.refresh))  # R1, not yet promoted
+
+    slow = await p1.get_session(jar.access, jar.anti_csrf, False)  # promotes R1
+    assert slow.tokens.access_token is not None
+    assert slow.tokens.refresh_token is None  # the wire contract: no sRefreshToken
+    for _ in range(2):  # two more rotations, each promoted, while it is in flight
+        clock.advance(seconds=ACCESS_VALIDITY_S + 1)
+        with pytest.raises(TryRefreshTokenError):
+            await p0.get_session(jar.access, jar.anti_csrf, False)
+        jar = jar_of(await p0.refresh_session(jar.refresh))
+        absorb(jar, await p1.get_session(jar.access, jar.anti_csrf, False))
+    absorb(jar, slow)  # the slow response lands last
+
+    clock.advance(seconds=ACCESS_VALIDITY_S + GRACE_S + 3600)  # the user comes back later
+    with pytest.raises(TryRefreshTokenError):
+        await p0.get_session(jar.access, jar.anti_csrf, True)
+    jar = jar_of(await p1.refresh_session(jar.refresh))  # was: TokenTheftDetectedError
+    await p0.get_session(jar.access, jar.anti_csrf, True)
 
 
 async def sdk_call(engines: list, jar: Jar, csrf_check: bool) -> Jar:
@@ -1039,8 +1100,7 @@ async def sdk_call(engines: list, jar: Jar, csrf_check: bool) -> Jar:
         jar = jar_of(await refresh.refresh_session(jar.refresh))
         result = await retry.get_session(jar.access, jar.anti_csrf, csrf_check)
     if result.tokens.access_token is not None:  # a promotion: the jar takes the new token
-        jar.access = result.tokens.access_token.value
-        jar.refresh = result.tokens.refresh_token.value
+        absorb(jar, result)
     return jar
 
 
@@ -1072,8 +1132,7 @@ async def test_promotion_response_landing_between_a_refresh_and_its_retry(make_s
     jar = r2  # B's response arrives
     promoted = await p0.get_session(*a_retry, False)  # A's GET promotes R1 ...
     if promoted.tokens.access_token is not None:  # ... and its response lands
-        jar.access = promoted.tokens.access_token.value
-        jar.refresh = promoted.tokens.refresh_token.value
+        absorb(jar, promoted)
     jar = await sdk_call([p1, p0], jar, csrf_check=False)  # B's retry (a GET)
     for _ in range(6):  # the user keeps reading (GETs), on both processes
         clock.advance(seconds=5)

@@ -232,26 +232,26 @@ class SessionEngine:
             return SessionResult(session, NO_NEW_TOKENS)
 
         # First use of a child refresh token's access token: make the child current.
-        promoted = await self._storage.promote(
+        if not await self._storage.promote(
             payload.session_handle,
             own_h2=sha256_hex(payload.refresh_token_hash1),
             parent_h2=payload.parent_refresh_token_hash2,
             now_ms=now,
             grace_ms=self._grace_ms,
-        )
-        if promoted is None:
+        ):
             # The child was rotated away since (another tab moved on): the refresh
             # token decides, through refresh_session, between a successor and theft.
             if await self._storage.session_alive(payload.session_handle, now):
                 raise TryRefreshTokenError("refresh token superseded: refresh again")
             raise UnauthorisedError("session is over")
+        # Only the access token is re-issued, as the wire contract says. Calls are
+        # not serialised like refreshes, so a promotion's response may land after
+        # the responses of later refreshes; a refresh token in it would take the
+        # browser back to a token rotated away since, judged theft once the grace
+        # period is over. The browser's refresh token only ever comes from
+        # create and refresh responses.
         access = await self._new_access_token(replace(payload, parent_refresh_token_hash2=None), now)
-        # The response also carries the child of the now-current token, so that
-        # the client's access and refresh tokens always come from one response.
-        child = self._new_refresh_token(
-            payload.session_handle, payload.user_id, sha256_hex(payload.refresh_token_hash1), promoted
-        )
-        return SessionResult(session, SessionTokens(access_token=access, refresh_token=child))
+        return SessionResult(session, SessionTokens(access_token=access))
 
     def get_session_if_cached(
         self,

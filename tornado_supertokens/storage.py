@@ -246,7 +246,7 @@ class _Statements:
             " WHERE session_handle = %(handle)s"
             " AND refresh_token_hash_2 IN (%(t2)s, %(p2)s)"
             " AND expires_at > %(now)s"
-            " RETURNING expires_at"
+            " RETURNING session_handle"
         ).format(s=s, remember=remember)
         self.sessions_alive = q(
             "SELECT v.handle FROM unnest(%(handles)s::varchar[], %(nows)s::bigint[])"
@@ -544,10 +544,10 @@ class Storage:
 
     async def promote(
         self, handle: str, own_h2: str, parent_h2: str, now_ms: int, grace_ms: int
-    ) -> Optional[int]:
-        """Make a child current on first use of its access token.
+    ) -> bool:
+        """Make a child current on first use of its access token (idempotent).
 
-        Returns the session's expiry (ms), or ``None`` if that is not possible.
+        False when that is not possible: the child, or the session, is gone.
         """
         rows = await self._execute(
             "promote",
@@ -560,7 +560,7 @@ class Storage:
                 "keep": RECENT_HASHES_KEPT,
             },
         )
-        return int(rows[0][0]) if rows else None
+        return bool(rows)
 
     async def session_alive(self, handle: str, now_ms: int) -> bool:
         return bool(await self._alive_checks.submit(handle, now_ms))

@@ -129,7 +129,10 @@ async def test_a_token_refreshed_twice_has_one_child_so_no_sibling_exists(make_s
     first = await st.engine.refresh_session(created.tokens.refresh_token.value)
     second = await st.engine.refresh_session(created.tokens.refresh_token.value)
     assert first.tokens.refresh_token.value == second.tokens.refresh_token.value
-    assert first.tokens.access_token.value != second.tokens.access_token.value  # new anti-csrf
+    # ... and the same anti-CSRF token, so a browser that mixes the two responses
+    # (the access token of one, the anti-csrf header of the other) stays consistent.
+    assert first.tokens.anti_csrf_token == second.tokens.anti_csrf_token
+    assert first.tokens.id_refresh_token.value != second.tokens.id_refresh_token.value
     await verify(st, first)  # promotes the child
     await past_grace(st)
     # Either response's tokens work, long after the window.
@@ -186,20 +189,48 @@ async def test_the_interleaving_that_broke_the_original_keeps_the_user_logged_in
 
 
 @pytest.mark.gen_test
+async def test_a_token_whose_child_is_current_gets_that_child_again(make_st):
+    """Within the grace period a rotated-away token whose child is the current
+    token gets that same child: two refreshes with one token, one served
+    before and one after another tab promoted the child, hand out one token,
+    so their responses may land in either order (found by the real-concurrency
+    test: the later-served one used to get a grandchild, and the jar could end
+    on the earlier one, rotated away)."""
+    st = await make_st(clock=ManualClock())
+    for lands_last in ("late", "early"):
+        created = await st.engine.create_new_session("racing-refreshes")
+        early = await st.engine.refresh_session(created.tokens.refresh_token.value)
+        await verify(st, early)  # another tab's call promotes the child
+        st.clock.advance(seconds=GRACE_S - 1)
+        late = await st.engine.refresh_session(created.tokens.refresh_token.value)
+        assert late.tokens.refresh_token.value == early.tokens.refresh_token.value
+        jar = late if lands_last == "late" else early
+        await verify(st, jar)  # its access token: the child stays current
+        st.clock.advance(seconds=GRACE_S + 3600)  # the user comes back much later
+        again = await st.engine.refresh_session(jar.tokens.refresh_token.value)  # no theft
+        await verify(st, again)
+
+
+@pytest.mark.gen_test
 async def test_rotated_away_token_within_grace_gets_a_successor_in_the_lineage(make_st):
     st = await make_st(clock=ManualClock())
     created = await st.engine.create_new_session("lost-response")
     child = await st.engine.refresh_session(created.tokens.refresh_token.value)
     await verify(st, child)  # promoted: the original is rotated away
+    grandchild = await st.engine.refresh_session(child.tokens.refresh_token.value)
+    await verify(st, grandchild)  # promoted: the child is rotated away too
     st.clock.advance(seconds=GRACE_S - 1)
+    # Two steps behind, within the grace period: a child of the current token.
     successor = await st.engine.refresh_session(created.tokens.refresh_token.value)
     assert successor.session.handle == created.session.handle
-    # The successor is a child of the current token: it promotes normally ...
+    assert successor.tokens.refresh_token.value not in (
+        child.tokens.refresh_token.value, grandchild.tokens.refresh_token.value)
+    # It promotes normally ...
     await verify(st, successor)
-    # ... and the child it replaced is now the rotated-away one.
+    # ... and the grandchild it replaced is now rotated away as well.
     st.clock.advance(seconds=GRACE_S + 1)
     with pytest.raises(TokenTheftDetectedError):
-        await st.engine.refresh_session(child.tokens.refresh_token.value)
+        await st.engine.refresh_session(grandchild.tokens.refresh_token.value)
 
 
 @pytest.mark.gen_test

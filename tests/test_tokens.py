@@ -15,6 +15,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import warnings
 from typing import Any, Iterator, Optional
@@ -38,6 +39,7 @@ from tornado_supertokens.tokens import (
     InvalidTokenError,
     RefreshTokenPayload,
     access_token_kid,
+    anti_csrf_token_for,
     decode_access_token,
     encode_access_token,
     encrypt_refresh_token,
@@ -671,3 +673,18 @@ def test_access_tokens_are_what_pyjwt_itself_writes(user, data, kid, parent):
     assert jwt.decode(ours, key.encode(), algorithms=["HS256"]) == claims
     # The kid is read from the header segment alone, and agrees with PyJWT's reading.
     assert access_token_kid(ours) == jwt.get_unverified_header(ours).get("kid") == kid
+
+
+def test_anti_csrf_token_is_a_mac_of_its_refresh_token():
+    key, other_key = new_key(), new_key()
+    a = encrypt_refresh_token(RefreshTokenPayload("h", "u", None), key)
+    b = encrypt_refresh_token(RefreshTokenPayload("h", "u", None), key)  # a new first token
+    token = anti_csrf_token_for(a, key)
+    assert token == anti_csrf_token_for(a, key)  # one refresh token, one anti-CSRF token
+    assert token != anti_csrf_token_for(b, key)  # a new refresh token, a new one
+    assert token != anti_csrf_token_for(a, other_key)  # unpredictable without the key
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", token)  # as long as token_urlsafe(32)
+    # Its own derived key: not the HMAC of the refresh token under the key itself.
+    plain = base64.urlsafe_b64encode(
+        hmac.new(key.encode(), a.encode(), hashlib.sha256).digest()).rstrip(b"=").decode()
+    assert token != plain

@@ -41,12 +41,12 @@ from .tokens import (
     InvalidTokenError,
     RefreshTokenPayload,
     access_token_kid,
+    anti_csrf_token_for,
     decode_access_token,
     decrypt_refresh_token,
     encode_access_token,
     encrypt_refresh_token,
     key_bytes,
-    new_anti_csrf_token,
     new_id_refresh_token,
     new_session_handle,
     sha256_hex,
@@ -172,7 +172,7 @@ class SessionEngine:
         now = self._clock.now_ms()
         handle = new_session_handle()
         refresh = self._new_refresh_token(handle, user_id, None, now + self._refresh_validity_ms)
-        anti_csrf = new_anti_csrf_token() if self._anti_csrf else None
+        anti_csrf = self._anti_csrf_token_for(refresh.value)
         access = await self._new_access_token(
             AccessTokenPayload(
                 session_handle=handle,
@@ -308,10 +308,11 @@ class SessionEngine:
         hash1 = sha256_hex(refresh_token)
         expires_at = now + self._refresh_validity_ms
 
+        own_h2 = sha256_hex(hash1)
         row = await self._storage.rotate(
             handle,
             stored_user,
-            own_h2=sha256_hex(hash1),
+            own_h2=own_h2,
             parent_h2=presented.parent_refresh_token_hash2,
             expires_at=expires_at,
             now_ms=now,
@@ -323,18 +324,25 @@ class SessionEngine:
                 raise TokenTheftDetectedError(handle, user_id)
             raise UnauthorisedError("session is over")
 
-        # The new token is a child of whatever is current now: the presented
-        # token itself, or (within the grace period) the token that replaced it.
+        # The answer is the presented token's own child while that child is
+        # current or about to be: every refresh with one token gets one token,
+        # also when another tab's call promoted that child in between (their
+        # responses may land in any order). A token the session has moved two
+        # steps beyond (within the grace period) gets the current token's child.
         current_h2, payload_json = row
-        child = self._new_refresh_token(handle, user_id, current_h2, expires_at)
+        parent_h2 = own_h2
+        child = self._new_refresh_token(handle, user_id, own_h2, expires_at)
+        if current_h2 != own_h2 and sha256_hex(sha256_hex(child.value)) != current_h2:
+            parent_h2 = current_h2
+            child = self._new_refresh_token(handle, user_id, current_h2, expires_at)
         jwt_payload = _loads(payload_json)
-        anti_csrf = new_anti_csrf_token() if self._anti_csrf else None
+        anti_csrf = self._anti_csrf_token_for(child.value)
         access = await self._new_access_token(
             AccessTokenPayload(
                 session_handle=handle,
                 user_id=user_id,
                 refresh_token_hash1=sha256_hex(child.value),
-                parent_refresh_token_hash2=current_h2,
+                parent_refresh_token_hash2=parent_h2,
                 anti_csrf_token=anti_csrf,
                 user_data=jwt_payload,
                 expiry_ms=0,
@@ -427,6 +435,11 @@ class SessionEngine:
             RefreshTokenPayload(handle, user_id, parent_h2), self._keys.refresh_key
         )
         return TokenInfo(token, expires_at)
+
+    def _anti_csrf_token_for(self, refresh_token: str) -> Optional[str]:
+        if not self._anti_csrf:
+            return None
+        return anti_csrf_token_for(refresh_token, self._keys.refresh_key)
 
     def _new_id_refresh_token(self, expires_at: int) -> TokenInfo:
         return TokenInfo(new_id_refresh_token(), expires_at)

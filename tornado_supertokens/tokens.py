@@ -85,8 +85,24 @@ def new_session_handle() -> str:
     return str(uuid.uuid4())
 
 
-def new_anti_csrf_token() -> str:
-    return secrets.token_urlsafe(32)
+def anti_csrf_token_for(refresh_token: str, key: str | bytes) -> str:
+    """The anti-CSRF token issued beside ``refresh_token``: a MAC of it under
+    its own key derived from ``key`` (the refresh key), as long as
+    ``secrets.token_urlsafe(32)``.
+
+    Unpredictable without the key, new with every refresh token, and the same
+    in every response that hands out one refresh token: racing refreshes that
+    return one child also return one anti-CSRF token, so a browser that mixes
+    their responses (an access token from one, the ``anti-csrf`` header from
+    another) never fails its own anti-CSRF check.
+    """
+    mac = hmac.new(_anti_csrf_key(key), refresh_token.encode("ascii"), hashlib.sha256)
+    return base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode("ascii")
+
+
+@functools.lru_cache(maxsize=8)
+def _anti_csrf_key(key: str | bytes) -> bytes:
+    return hashlib.sha256(b"tornado_supertokens anti-csrf\x00" + key_bytes(key)).digest()
 
 
 def new_id_refresh_token() -> str:

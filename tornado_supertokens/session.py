@@ -12,9 +12,9 @@ names its parent's h2 and is the same token however often it is asked for
 of the child (a refresh, or a request with the access token issued beside it)
 promotes it to current, and the replaced h2 is remembered with the time of the
 rotation. For ``rotationGracePeriod`` seconds after that, a rotated-away token
-still gets a successor (the child of the current token): parallel tabs, lost
-and reordered responses are not theft. Any other token of a live session is
-token theft, and the session is revoked.
+still gets a successor (its own child while that is current, else the current
+token's child): parallel tabs, lost and reordered responses are not theft. Any
+other token of a live session is token theft, and the session is revoked.
 """
 
 from __future__ import annotations
@@ -293,8 +293,8 @@ class SessionEngine:
 
         Raises :class:`UnauthorisedError` for an unreadable token or a session
         that is over, and :class:`TokenTheftDetectedError` (after revoking the
-        session) for a token of a live session that is neither current nor
-        the current one's child.
+        session) for a token of a live session that is neither current, nor
+        the current one's child, nor rotated away within the grace period.
         """
         if not refresh_token:
             raise UnauthorisedError("no refresh token")

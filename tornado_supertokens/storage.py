@@ -202,8 +202,9 @@ class _Statements:
         # (which is then promoted: the stored hash moves to recent_hashes with
         # the time of the rotation), or, within the grace period, a token that
         # was rotated away (parallel refreshes, lost or reordered responses).
-        # Whatever passed, the caller issues the child of the hash this
-        # returns. (A token has one child, so a token whose parent was
+        # Whatever passed, this returns the current hash, from which the
+        # caller picks the child to issue (SessionEngine.refresh_session).
+        # (A token has one child, so a token whose parent was
         # superseded is current or was rotated away itself: no sibling case.)
         # A session past its expiry matches nothing.
         # (``remember`` is a fragment, never .format()ed itself: its braces are literal.)

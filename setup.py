@@ -21,7 +21,7 @@ setup(
         "tornado>=6.2",
         "aiopg>=1.4",
         "psycopg2-binary>=2.9",
-        "PyJWT>=2.10",
+        "PyJWT>=2.14",  # canonical base64url only (GHSA-hxm8-2xgr-2p9m); 2.13: five more fixes
         "croniter>=2.0",
         "voluptuous>=0.13",
         "cryptography>=41",

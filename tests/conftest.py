@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tornado_supertokens.supertokens import SuperTokens  # noqa: E402
 
 import pg  # noqa: E402
-from helpers import CountingPool, make_pool  # noqa: E402
+from helpers import CountingPool, drop_tables, make_pool  # noqa: E402
 
 
 def pytest_collection_modifyitems(config: Any, items: list) -> None:
@@ -103,14 +103,7 @@ def make_st(io_loop: Any, base_config: dict, pg_params: dict) -> Any:
             await instance.close()
 
     io_loop.run_sync(close_all)
-    conn = pg.connect(pg_params)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            for name in tables:
-                cur.execute(f'DROP TABLE IF EXISTS "{name}"')
-    finally:
-        conn.close()
+    drop_tables(pg_params, *tables)
 
 
 @pytest.fixture

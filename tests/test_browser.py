@@ -161,7 +161,7 @@ def start_server(
     from demo.app import make_app
     from tornado_supertokens.supertokens import SuperTokens
 
-    import pg
+    from helpers import drop_tables
 
     servers: List[DemoServer] = []
     instances: List[Any] = []
@@ -216,14 +216,7 @@ def start_server(
             await st.close()
 
     loop_thread.run(shutdown())
-    conn = pg.connect(pg_params)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            for name in tables:
-                cur.execute(f'DROP TABLE IF EXISTS "{name}"')
-    finally:
-        conn.close()
+    drop_tables(pg_params, *tables)
 
 
 # -- the browser ----------------------------------------------------------------------
